@@ -1,0 +1,79 @@
+"""The base class shared by every keras_margin loss."""
+
+import keras
+from keras import ops
+
+from keras_margin._keras_internals import get_keras_mask
+from keras_margin.losses.reduction import reduce_losses, validate_reduction
+
+# The argument docs every loss class shares, formatted into their docstrings.
+REDUCTION_DOC = """reduction: How per-sample losses are reduced. Supported options are `"sum"`,
+            `"sum_over_batch_size"`, `"mean"`, `"mean_with_sample_weight"`, `"none"` or
+            `None`. `"sum"` sums the loss, `"sum_over_batch_size"` and `"mean"` divide the sum
+            by the number of elements, `"mean_with_sample_weight"` divides it by the sum of the
+            sample weights, and `"none"`/`None` return per-sample losses. Defaults to
+            `"sum_over_batch_size"`.
+        name: Name of the loss instance.
+        dtype: Compute dtype of the loss. `None` (the default) uses `keras.backend.floatx()`.
+            If a `keras.DTypePolicy` is given, its `compute_dtype` is used. Unlike Keras 3.15,
+            it is part of `get_config`."""
+
+
+class MarginLoss(keras.losses.Loss):
+    """A ``keras.losses.Loss`` that wraps a per-sample loss function.
+
+    It differs from Keras's own wrapper in two ways that fix Keras 3.15 defects:
+
+    - labels reach the loss function through ``convert_labels``, so losses that take integer
+      class ids never see them rounded through a low-precision float dtype;
+    - ``get_config`` keeps ``dtype``, so ``from_config`` restores it.
+
+    Subclasses set ``fn`` (the per-sample function) and pass its hyper-parameters to
+    ``__init__`` as ``fn_kwargs``; those also become the config.
+
+    Args:
+        reduction: How per-sample losses are reduced: `"sum"`, `"sum_over_batch_size"`,
+            `"mean"`, `"mean_with_sample_weight"`, `"none"` or `None`.
+        name: Name of the loss instance.
+        dtype: Compute dtype of the loss, a string or a `keras.DTypePolicy` (its
+            compute dtype is used). `None` follows `keras.backend.floatx()`.
+    """
+
+    def __init__(self, fn, *, reduction, name, dtype, **fn_kwargs):
+        super().__init__(name=name, reduction=validate_reduction(reduction), dtype=dtype)
+        self.fn = fn
+        self.fn_kwargs = fn_kwargs
+        # `None` is kept as such so that a restored loss follows the floatx of its new process.
+        self._dtype_config = None if dtype is None else self._dtype_policy.name
+
+    def convert_labels(self, y_true):
+        """Converts labels for ``fn``; by default to the loss dtype, as Keras does."""
+        return ops.convert_to_tensor(y_true, dtype=self.dtype)
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self.fn_kwargs)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        input_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            losses = self.call(self.convert_labels(y_true), y_pred)
+            loss_mask = get_keras_mask(losses)
+            if input_mask is None or loss_mask is None:
+                mask = loss_mask if input_mask is None else input_mask
+            else:
+                mask = ops.logical_and(input_mask, loss_mask)
+            return reduce_losses(
+                ops.convert_to_tensor(losses, dtype=self.dtype),
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+            )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self._dtype_config,
+            **self.fn_kwargs,
+        }

@@ -1,0 +1,211 @@
+"""Circle loss (Sun et al., 2020) for embedding and retrieval models."""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_margin._keras_internals import set_keras_mask
+from keras_margin.losses.base import REDUCTION_DOC, MarginLoss
+from keras_margin.losses.labels import class_ids
+from keras_margin.registry import export_loss
+
+
+def _validate_finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
+    return float(value)
+
+
+def validate_circle_args(gamma, margin, remove_diagonal):
+    """Checks Circle's hyper-parameters and returns them as Python floats and bool."""
+    gamma = _validate_finite("gamma", gamma)
+    if gamma <= 0:
+        raise ValueError(f"Argument `gamma` must be positive; received gamma={gamma!r}.")
+    if not isinstance(remove_diagonal, (bool, np.bool_)):
+        raise TypeError(f"Argument `remove_diagonal` must be a bool; received {remove_diagonal!r}.")
+    return gamma, _validate_finite("margin", margin), bool(remove_diagonal)
+
+
+def _flat_class_ids(labels, name):
+    labels = class_ids(labels, name)
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, -1)
+    if len(labels.shape) != 1:
+        raise ValueError(
+            f"Argument `{name}` must have shape (N,) or (N, 1); received shape {labels.shape}."
+        )
+    return labels
+
+
+def pairwise_circle_loss(
+    embeddings, labels, ref_embeddings, ref_labels, *, gamma, margin, remove_diagonal
+):
+    """Per-anchor Circle loss of ``embeddings`` [N, D] against ``ref_embeddings`` [M, D].
+
+    This is the composite (pure ``keras.ops``) path. It materialises the N x M similarity
+    matrix and is the reference that the fused op is tested against. Its arithmetic follows
+    ``keras.losses.circle`` operation for operation, so values and gradients match Keras's.
+
+    Args:
+        embeddings: Anchor embeddings, shape [N, D].
+        labels: Integer class ids of the anchors, shape [N].
+        ref_embeddings: Reference embeddings, shape [M, D].
+        ref_labels: Integer class ids of the references, shape [M].
+        gamma: Scale of the logits.
+        margin: Relaxation margin.
+        remove_diagonal: Whether pair (i, i) is excluded from the positives.
+
+    Returns:
+        Per-anchor losses, shape [N].
+    """
+    similarity = ops.matmul(embeddings, ops.transpose(ref_embeddings))
+    distance = ops.maximum(1.0 - similarity, 0.0)
+    same_class = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(ref_labels, 0))
+    positive = same_class
+    if remove_diagonal:
+        rows = ops.expand_dims(ops.arange(ops.shape(labels)[0]), 1)
+        cols = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0]), 0)
+        positive = ops.logical_and(positive, ops.not_equal(rows, cols))
+    negative = ops.logical_not(same_class)
+
+    # The weights are not stop-gradient: Keras differentiates through them, and so do we.
+    pos_weights = ops.maximum(margin + distance, 0.0)
+    neg_weights = ops.maximum(1.0 + margin - distance, 0.0)
+    pos_logits = -gamma * pos_weights * (margin - distance)
+    neg_logits = gamma * neg_weights * (1.0 - margin - distance)
+
+    excluded = ops.cast(float("-inf"), pos_logits.dtype)
+    lse_pos = ops.logsumexp(ops.where(positive, pos_logits, excluded), axis=1)
+    lse_neg = ops.logsumexp(ops.where(negative, neg_logits, excluded), axis=1)
+    return ops.softplus(lse_pos + lse_neg)
+
+
+def circle(
+    y_true,
+    y_pred,
+    ref_labels=None,
+    ref_embeddings=None,
+    remove_diagonal=True,
+    gamma=80,
+    margin=0.4,
+):
+    """Computes the Circle loss of each embedding.
+
+    Circle loss pulls same-class embeddings together and pushes other classes apart, weighting
+    each pair by how far it is from its optimum. Embeddings are expected to be L2-normalised
+    (for example by a `keras.layers.UnitNormalization` layer).
+
+    Formula, for anchor `i`, with `d_ij = max(1 - x_i . r_j, 0)`:
+
+    ```python
+    lse_p = logsumexp_{j positive}(-gamma * max(margin + d_ij, 0) * (margin - d_ij))
+    lse_n = logsumexp_{j negative}(gamma * max(1 + margin - d_ij, 0) * (1 - margin - d_ij))
+    loss_i = softplus(lse_p + lse_n)
+    ```
+
+    Rows with no positive or no negative have loss 0, and are masked out of the mean.
+
+    Args:
+        y_true: Integer class ids, shape `[batch_size]` or `[batch_size, 1]`. They are never
+            cast through a float dtype.
+        y_pred: L2-normalised embeddings, shape `[batch_size, dim]`.
+        ref_labels: Optional integer class ids of the reference set. Defaults to `y_true`.
+        ref_embeddings: Optional reference embeddings, shape `[num_refs, dim]`. Defaults to
+            `y_pred`.
+        remove_diagonal: Whether to exclude pair (i, i) from the positives. Defaults to `True`.
+        gamma: Positive float, the scale of the logits. Defaults to 80.
+        margin: Float, the relaxation margin. Defaults to 0.4.
+
+    Returns:
+        Circle loss values, shape `[batch_size]`, with a Keras mask of the non-zero entries.
+
+    Example:
+
+    >>> y_true = np.array([0, 0, 1, 1])
+    >>> y_pred = keras.ops.normalize(np.random.normal(size=(4, 8)))
+    >>> keras_margin.losses.circle(y_true, y_pred).shape
+    TensorShape([4])
+    """
+    gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
+    embeddings = ops.convert_to_tensor(y_pred)
+    labels = _flat_class_ids(y_true, "y_true")
+    ref_embeddings = (
+        embeddings
+        if ref_embeddings is None
+        else ops.convert_to_tensor(ref_embeddings, dtype=embeddings.dtype)
+    )
+    ref_labels = labels if ref_labels is None else _flat_class_ids(ref_labels, "ref_labels")
+    losses = pairwise_circle_loss(
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        gamma=gamma,
+        margin=margin,
+        remove_diagonal=remove_diagonal,
+    )
+    set_keras_mask(losses, losses > 0)
+    return losses
+
+
+@export_loss(function=circle)
+class Circle(MarginLoss):
+    __doc__ = f"""Computes the Circle loss between integer labels and L2-normalised embeddings.
+
+    A metric-learning loss that minimises within-class distances and maximises between-class
+    distances, adjusting the penalty on each similarity by how far it is from its optimum.
+
+    The model should output embeddings without an activation (for example a `Dense` layer with
+    `activation=None`) followed by a `keras.layers.UnitNormalization` layer. Labels are integer
+    class ids and are never cast through a float dtype. Rows whose loss is 0 (no positive or no
+    negative in the batch) are masked, so `"sum_over_batch_size"` averages over the others.
+
+    Args:
+        gamma: Positive float, the scale of each similarity score. Defaults to 80.
+        margin: Float, the relaxation margin: below this distance negatives are up-weighted and
+            positives down-weighted, above it the reverse. Defaults to 0.4.
+        remove_diagonal: Whether to exclude self-similarities from the positives. Defaults to
+            `True`.
+        {REDUCTION_DOC}
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.layers.Input(shape=(64,)),
+        keras.layers.Dense(32, activation=None),
+        keras.layers.UnitNormalization(),
+    ])
+    model.compile(optimizer="adam", loss=keras_margin.losses.Circle())
+    ```
+
+    References:
+        - Sun et al., 2020, "Circle Loss: A Unified Perspective of Pair Similarity
+          Optimization" (https://arxiv.org/abs/2002.10857)
+    """
+
+    def __init__(
+        self,
+        gamma=80.0,
+        margin=0.4,
+        remove_diagonal=True,
+        reduction="sum_over_batch_size",
+        name="circle",
+        dtype=None,
+    ):
+        gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
+        super().__init__(
+            circle,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            gamma=gamma,
+            margin=margin,
+            remove_diagonal=remove_diagonal,
+        )
+
+    def convert_labels(self, y_true):
+        return class_ids(y_true)

@@ -1,0 +1,127 @@
+"""Generalized cross entropy (Zhang & Sabuncu, 2018) for noisy labels."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_margin.losses.base import REDUCTION_DOC, MarginLoss
+from keras_margin.losses.labels import class_ids, squeeze_class_axis
+from keras_margin.registry import export_loss
+
+# Floor for the true-class probability: keeps q * p**(q - 1), the gradient, finite at p = 0.
+# float16 cannot hold 1e-7 as a normal number, and 1/1e-7 overflows it, so it gets its smallest
+# normal number instead.
+_PROBABILITY_FLOOR = 1e-7
+_FLOAT16_PROBABILITY_FLOOR = 2.0**-14
+
+
+def validate_q(q):
+    """Returns ``q`` if it is a finite number in (0, 1), else raises a ``ValueError``."""
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating, np.integer)):
+        raise TypeError(f"Argument `q` must be a float in (0, 1); received q={q!r}.")
+    if not (math.isfinite(q) and 0 < q < 1):
+        raise ValueError(f"Argument `q` must be in the open interval (0, 1); received q={q!r}.")
+    return float(q)
+
+
+def _probability_floor(dtype):
+    if keras.backend.standardize_dtype(dtype) == "float16":
+        return _FLOAT16_PROBABILITY_FLOOR
+    return _PROBABILITY_FLOOR
+
+
+def categorical_generalized_cross_entropy(y_true, y_pred, q):
+    """Computes the generalized cross entropy (GCE) loss.
+
+    GCE is robust to noisy labels. It interpolates between cross entropy (`q -> 0`) and mean
+    absolute error (`q = 1`).
+
+    Formula:
+
+    ```python
+    loss = (1 - p**q) / q
+    ```
+
+    where `p` is the predicted probability of the true class, floored at a tiny epsilon (1e-7,
+    or float16's smallest normal number) so that the gradient is finite when `p` is 0.
+
+    Args:
+        y_true: Integer class ids, shape `[batch_size]` or `[batch_size, 1]` (more leading axes
+            are allowed, matching `y_pred`'s).
+        y_pred: Predicted class probabilities, shape `[batch_size, num_classes]`.
+        q: Float in (0, 1), the noise parameter.
+
+    Returns:
+        GCE loss values, shape `[batch_size]`.
+
+    Example:
+
+    >>> y_true = np.array([0, 1, 0, 1])
+    >>> y_pred = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+    >>> keras_margin.losses.categorical_generalized_cross_entropy(y_true, y_pred, q=0.5)
+    array([0.32668, 0.21115, 0.45081, 0.45081])
+    """
+    q = validate_q(q)
+    y_pred = ops.convert_to_tensor(y_pred)
+    labels = squeeze_class_axis(class_ids(y_true), y_pred)
+    # A gather reads one probability per row; Keras's one-hot product touches all of them.
+    p = ops.squeeze(ops.take_along_axis(y_pred, ops.expand_dims(labels, -1), axis=-1), -1)
+    p = ops.maximum(p, ops.cast(_probability_floor(y_pred.dtype), y_pred.dtype))
+    return (1.0 - ops.power(p, q)) / q
+
+
+@export_loss(function=categorical_generalized_cross_entropy)
+class CategoricalGeneralizedCrossEntropy(MarginLoss):
+    __doc__ = f"""Computes the generalized cross entropy loss between `y_true` and `y_pred`.
+
+    Generalized cross entropy (GCE) is a noise-robust loss. It generalizes cross entropy and
+    mean absolute error through `q`: values closer to 1 make it more robust to noisy labels.
+
+    Formula:
+
+    ```python
+    loss = (1 - p**q) / q
+    ```
+
+    where `p` is the predicted probability of the true class.
+
+    `y_true` holds integer class ids of shape `[batch_size]` or `[batch_size, 1]`; they are never
+    cast through a float dtype. `y_pred` holds probabilities of shape
+    `[batch_size, num_classes]`.
+
+    Args:
+        q: Float in (0, 1), the noise parameter. As `q` approaches 0 the loss behaves like
+            cross entropy, as it approaches 1 like mean absolute error. Defaults to 0.5.
+        {REDUCTION_DOC}
+
+    Example:
+
+    >>> y_true = np.array([0, 1, 0, 1])
+    >>> y_pred = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+    >>> keras_margin.losses.CategoricalGeneralizedCrossEntropy()(y_true, y_pred)
+    0.35986
+
+    References:
+        - Zhang, Sabuncu, 2018, "Generalized Cross Entropy Loss for Training Deep Neural
+          Networks with Noisy Labels" (https://arxiv.org/abs/1805.07836)
+    """
+
+    def __init__(
+        self,
+        q=0.5,
+        reduction="sum_over_batch_size",
+        name="categorical_generalized_cross_entropy",
+        dtype=None,
+    ):
+        super().__init__(
+            categorical_generalized_cross_entropy,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            q=validate_q(q),
+        )
+
+    def convert_labels(self, y_true):
+        return class_ids(y_true)

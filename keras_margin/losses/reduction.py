@@ -1,0 +1,103 @@
+"""Weighting, masking and reduction of per-sample losses, numerically identical to Keras 3.
+
+Keras's ``Loss.__call__`` reduces with private helpers whose exact arithmetic (mask rescaling,
+divide-no-nan, the 1/replicas scale under ``tf.distribute``) defines the values users see.
+keras_margin owns that step so that it can keep integer labels out of the float dtype while
+producing the same numbers, and so that distributed reductions can be extended in one place.
+"""
+
+import keras
+from keras import ops
+
+REDUCTIONS = ("sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "none", None)
+
+
+def validate_reduction(reduction):
+    """Returns ``reduction`` if Keras supports it, else raises a ``ValueError`` naming it."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"Argument `reduction` must be one of {REDUCTIONS}; received reduction={reduction!r}."
+        )
+    return reduction
+
+
+def match_rank(x, y):
+    """Squeezes or expands a trailing unit axis so that ``x`` and ``y`` have the same rank.
+
+    Mirrors the rule Keras applies between labels and predictions (and between losses and
+    sample weights): only a rank difference of exactly one is resolved, and only across a
+    trailing axis of size 1. A rank-1 tensor is expanded rather than its partner squeezed.
+    """
+    x_rank, y_rank = len(x.shape), len(y.shape)
+    if x_rank == y_rank + 1 and x.shape[-1] == 1:
+        if y_rank == 1:
+            return x, ops.expand_dims(y, -1)
+        return ops.squeeze(x, -1), y
+    if y_rank == x_rank + 1 and y.shape[-1] == 1:
+        if x_rank == 1:
+            return ops.expand_dims(x, -1), y
+        return x, ops.squeeze(y, -1)
+    return x, y
+
+
+def _element_count(values, dtype):
+    return ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(values), dtype="int32")), dtype)
+
+
+def _mask_as_weights(mask, reduction, dtype):
+    """Turns a boolean mask into weights; mean reductions then average over valid entries."""
+    if reduction in ("sum_over_batch_size", "mean"):
+        valid = ops.sum(ops.cast(mask, dtype))
+        scale = ops.divide_no_nan(_element_count(mask, dtype), valid)
+        return ops.where(ops.cast(mask, "bool"), scale, ops.zeros((), dtype))
+    return ops.cast(mask, dtype)
+
+
+def _scale_for_replicas(value):
+    """Divides by the replica count, as Keras does, so summed replica gradients average."""
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        value = value * ops.cast(1.0 / replicas, value.dtype)
+    return value
+
+
+def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_batch_size"):
+    """Applies ``mask`` and ``sample_weight`` to per-sample ``values`` and reduces them.
+
+    Args:
+        values: Per-sample losses, already in the loss dtype.
+        sample_weight: Optional weights, broadcastable to ``values`` after rank matching.
+        mask: Optional boolean mask of valid entries (a Keras mask).
+        reduction: One of ``REDUCTIONS``.
+
+    Returns:
+        The reduced loss, or the weighted per-sample losses for ``"none"``/``None``.
+    """
+    dtype = values.dtype
+    if sample_weight is not None:
+        sample_weight = ops.convert_to_tensor(sample_weight, dtype=dtype)
+    if mask is not None:
+        mask_weights = _mask_as_weights(mask, reduction, dtype)
+        if sample_weight is None:
+            sample_weight = mask_weights
+        else:
+            mask_weights, sample_weight = match_rank(mask_weights, sample_weight)
+            sample_weight = sample_weight * mask_weights
+    if sample_weight is not None:
+        values, sample_weight = match_rank(values, sample_weight)
+        values = values * sample_weight
+
+    if reduction in (None, "none") or tuple(values.shape) in ((), (0,)):
+        return values
+    total = ops.sum(values)
+    if reduction == "sum":
+        return total
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = ops.cast(ops.sum(sample_weight), dtype)
+    else:
+        divisor = _element_count(values, dtype)
+    return _scale_for_replicas(ops.divide_no_nan(total, divisor))
