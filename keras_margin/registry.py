@@ -9,8 +9,9 @@
   ``model.compile(loss=...)``. Keras resolves loss strings only from its own table (keras issue
   20112), so these namespaced keys are added to it; no Keras name changes meaning.
 
-Both spellings resolve to an instance of the class, so a string-compiled loss gets the same
-label handling as one passed as an object.
+As with Keras's own names, the class name gives an instance of the class and the function name
+gives the function (which ``compile`` wraps in a ``LossFunctionWrapper``). That is also what a
+``.keras`` file restores them to, through the serialization registry.
 
 ``use_builtin_names()`` is the explicit opt-in that makes Keras's plain names (``"circle"``,
 ``"Hinge"``, ...) resolve to keras_margin, and ``restore_builtin_names()`` undoes it.
@@ -39,9 +40,9 @@ def export_loss(function):
     def register(cls):
         keras.saving.register_keras_serializable(package=PACKAGE)(cls)
         keras.saving.register_keras_serializable(package=PACKAGE)(function)
-        for plain_name in (cls.__name__, function.__name__):
-            LOSS_NAME_TABLE[f"{PACKAGE}>{plain_name}"] = cls
-            _BUILTIN_NAMES[plain_name] = cls
+        for obj in (cls, function):
+            LOSS_NAME_TABLE[f"{PACKAGE}>{obj.__name__}"] = obj
+            _BUILTIN_NAMES[obj.__name__] = obj
         return cls
 
     return register

@@ -1,0 +1,87 @@
+"""Keras-style tests of Circle, checked against an independent numpy reference."""
+
+import keras
+import numpy as np
+import pytest
+import reference
+
+from keras_margin import losses
+
+
+def embeddings(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def batch(rng):
+    # Class 3 has a single member, so its row has no positive and a loss of 0 (masked).
+    return np.array([0, 0, 1, 1, 1, 2, 2, 3]), embeddings(rng, 8, 6)
+
+
+class TestCircle:
+    def test_config(self):
+        loss = losses.Circle(gamma=32.0, margin=0.25, remove_diagonal=False, name="c")
+        config = loss.get_config()
+        assert config == {
+            "name": "c",
+            "reduction": "sum_over_batch_size",
+            "dtype": None,
+            "gamma": 32.0,
+            "margin": 0.25,
+            "remove_diagonal": False,
+        }
+        assert losses.Circle.from_config(config).get_config() == config
+
+    def test_unweighted(self, batch):
+        labels, x = batch
+        rows = reference.circle(labels, x)
+        assert rows[-1] == 0.0 and np.all(rows[:-1] > 0)
+        np.testing.assert_allclose(losses.Circle(reduction=None)(labels, x), rows, rtol=1e-5)
+        # The zero-loss row is masked: the mean runs over the seven others.
+        np.testing.assert_allclose(losses.Circle()(labels, x), rows[:-1].mean(), rtol=1e-5)
+        np.testing.assert_allclose(losses.Circle(reduction="sum")(labels, x), rows.sum(), rtol=1e-5)
+
+    def test_weighted(self, batch, rng):
+        labels, x = batch
+        weights = rng.uniform(0.5, 2.0, size=8)
+        rows = reference.circle(labels, x)
+        loss = losses.Circle(reduction="sum")(labels, x, sample_weight=weights)
+        np.testing.assert_allclose(loss, (rows * weights).sum(), rtol=1e-5)
+        loss = losses.Circle()(labels, x, sample_weight=weights)
+        np.testing.assert_allclose(loss, (rows * weights)[:-1].sum() / 7, rtol=1e-5)
+
+    def test_zero_weighted(self, batch):
+        labels, x = batch
+        np.testing.assert_allclose(losses.Circle()(labels, x, sample_weight=np.zeros(8)), 0.0)
+
+    @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+    def test_dtype(self, batch, dtype):
+        labels, x = batch
+        loss = losses.Circle(gamma=16.0, dtype=dtype)(labels, x)
+        assert keras.backend.standardize_dtype(loss.dtype) == dtype
+        expected = reference.circle(labels, x, gamma=16.0)[:-1].mean()
+        np.testing.assert_allclose(float(loss), expected, rtol=5e-2)
+
+    def test_reference_set(self, rng):
+        labels, x = rng.integers(0, 3, size=6), embeddings(rng, 6, 5)
+        ref_labels, ref = rng.integers(0, 3, size=9), embeddings(rng, 9, 5)
+        for remove_diagonal in (True, False):
+            got = losses.circle(
+                labels, x, ref_labels=ref_labels, ref_embeddings=ref,
+                gamma=80.0, margin=0.4, remove_diagonal=remove_diagonal,
+            )  # fmt: skip
+            want = reference.circle(labels, x, ref_labels, ref, 80.0, 0.4, remove_diagonal)
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    def test_labels_of_shape_n_by_1(self, batch):
+        labels, x = batch
+        np.testing.assert_allclose(
+            losses.Circle(reduction=None)(labels[:, None], x), reference.circle(labels, x),
+            rtol=1e-5,
+        )  # fmt: skip
+
+    @pytest.mark.parametrize("gamma", [0.0, -1.0, float("inf")])
+    def test_invalid_gamma_names_gamma(self, gamma):
+        with pytest.raises(ValueError, match="`gamma`"):
+            losses.Circle(gamma=gamma)
