@@ -60,17 +60,24 @@ def test_config_round_trip_through_keras_serialization(name):
     assert keras.saving.serialize_keras_object(loss)["registered_name"].startswith("keras_margin>")
 
 
+def train_and_save(task, loss, path):
+    """Trains the task's model for an epoch with ``loss``, saves it and its data to ``path``.
+
+    Returns the model's evaluated loss, which the reloaded model must reproduce.
+    """
+    model, x, y = make_task(task)
+    model.compile(optimizer="sgd", loss=loss)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(path)
+    np.savez(path + ".npz", x=x, y=y)
+    return float(model.evaluate(x, y, verbose=0))
+
+
 def test_keras_files_reload_in_fresh_process(tmp_path):
     paths, expected = {}, {}
     for name, loss in LOSSES.items():
-        model, x, y = make_task(name)
-        model.compile(optimizer="sgd", loss=loss)
-        model.fit(x, y, epochs=1, verbose=0)
-        path = str(tmp_path / f"{name}.keras")
-        model.save(path)
-        np.savez(path + ".npz", x=x, y=y)
-        paths[name] = path
-        expected[name] = float(model.evaluate(x, y, verbose=0))
+        paths[name] = str(tmp_path / f"{name}.keras")
+        expected[name] = train_and_save(name, loss, paths[name])
 
     reloaded = reload_in_fresh_process(paths)
     for name, loss in LOSSES.items():
@@ -84,14 +91,10 @@ def test_string_compiled_models_reload_in_fresh_process(tmp_path):
     paths, expected = {}, {}
     for name, (class_name, function_name) in LOSS_NAMES.items():
         for identifier in (class_name, function_name):
-            model, x, y = make_task(name)
-            model.compile(optimizer="sgd", loss=f"keras_margin>{identifier}")
-            model.fit(x, y, epochs=1, verbose=0)
-            path = str(tmp_path / f"{identifier}.keras")
-            model.save(path)
-            np.savez(path + ".npz", x=x, y=y)
-            paths[identifier] = path
-            expected[identifier] = float(model.evaluate(x, y, verbose=0))
+            paths[identifier] = str(tmp_path / f"{identifier}.keras")
+            expected[identifier] = train_and_save(
+                name, f"keras_margin>{identifier}", paths[identifier]
+            )
 
     reloaded = reload_in_fresh_process(paths)
     for identifier, value in expected.items():

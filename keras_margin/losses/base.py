@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_margin._keras_internals import get_keras_mask
+from keras_margin.losses.labels import class_ids
 from keras_margin.losses.reduction import reduce_losses, validate_reduction
 
 # The argument docs every loss class shares, formatted into their docstrings.
@@ -77,3 +78,10 @@ class MarginLoss(keras.losses.Loss):
             "dtype": self._dtype_config,
             **self.fn_kwargs,
         }
+
+
+class ClassIdLoss(MarginLoss):
+    """A ``MarginLoss`` whose labels are integer class ids, kept out of the float dtype."""
+
+    def convert_labels(self, y_true):
+        return class_ids(y_true)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_margin.losses.base import REDUCTION_DOC, MarginLoss
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss
 from keras_margin.losses.labels import class_ids, squeeze_class_axis
 from keras_margin.registry import export_loss
 
@@ -92,7 +92,7 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
 
 
 @export_loss(function=categorical_generalized_cross_entropy)
-class CategoricalGeneralizedCrossEntropy(MarginLoss):
+class CategoricalGeneralizedCrossEntropy(ClassIdLoss):
     __doc__ = f"""Computes the generalized cross entropy loss between `y_true` and `y_pred`.
 
     Generalized cross entropy (GCE) is a noise-robust loss. It generalizes cross entropy and
@@ -141,6 +141,3 @@ class CategoricalGeneralizedCrossEntropy(MarginLoss):
             dtype=dtype,
             q=validate_q(q),
         )
-
-    def convert_labels(self, y_true):
-        return class_ids(y_true)
