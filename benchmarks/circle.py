@@ -1,0 +1,283 @@
+"""Circle loss forward+backward: Keras vs the fused op vs the bare matrix products.
+
+Every configuration runs in a fresh Python process, so that its peak resident memory
+(VmHWM) is its own. Results go to the ``## Circle`` section of benchmarks/RESULTS.md
+(through benchmarks/results.py, which keeps the other sections).
+
+    python benchmarks/circle.py                 # N = 1024 ... 65536, D = 128 and 512
+    python benchmarks/circle.py --quick         # N = 1024, 4096, D = 128, fewer repeats
+    python benchmarks/circle.py --n 4096 16384 --d 128 --modes fused:function keras:jit
+
+Modes are IMPL:STYLE with IMPL in {keras, fused, matmul} and STYLE in {eager, function,
+jit}; ``matmul`` is x @ x^T plus the two products of the backward pass (dS @ x and
+dS^T @ x), the floor of any unfused implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+SECTION = "Circle"
+ALL_MODES = [
+    "keras:eager",
+    "keras:function",
+    "keras:jit",
+    "fused:eager",
+    "fused:function",
+    "fused:jit",
+    "matmul:eager",
+    "matmul:function",
+]
+GAMMA, MARGIN = 80.0, 0.4
+
+# Peak bytes per N^2 similarity entry above the baseline, measured at N = 4096 (D = 128) and
+# rounded up by ~20%. Modes not listed use O(N * D) memory and are never skipped.
+BYTES_PER_PAIR = {
+    "keras:eager": 130,
+    "keras:function": 80,
+    "keras:jit": 26,
+    "fused:jit": 30,
+    "matmul:eager": 12,
+    "matmul:function": 12,
+}
+MEMORY_FRACTION = 0.6  # of MemTotal: leaves room for the baseline and the rest of the machine
+
+
+def _mem_total_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("MemTotal not found")
+
+
+def _vm_hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found")
+
+
+def estimated_bytes(mode: str, n: int) -> int | None:
+    per_pair = BYTES_PER_PAIR.get(mode)
+    return None if per_pair is None else per_pair * n * n
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    impl, style = mode.split(":")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = tf.constant(x)
+    labels = tf.constant(rng.integers(0, max(2, n // 8), size=n), tf.int32)
+
+    if impl == "keras":
+        loss_obj = keras.losses.Circle(gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = loss_obj(labels, x)
+            return loss, tape.gradient(loss, x)
+
+    elif impl == "fused":
+        from keras_margin.ops import circle_loss, custom_op_available, custom_op_unavailable_reason
+
+        if not custom_op_available():
+            raise RuntimeError(custom_op_unavailable_reason())
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_mean(
+                    circle_loss(x, labels, gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
+                )
+            return loss, tape.gradient(loss, x)
+
+    elif impl == "matmul":
+
+        def step(x):
+            s = tf.matmul(x, x, transpose_b=True)
+            return tf.matmul(s, x), tf.matmul(s, x, transpose_a=True)
+
+    else:
+        raise ValueError(impl)
+
+    if style != "eager":
+        step = tf.function(step, jit_compile=(style == "jit"))
+
+    baseline = _vm_hwm_bytes()
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), step(x))  # trace / compile / warm up
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), step(x))
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "first_s": first,
+        "peak_bytes": _vm_hwm_bytes(),
+        "baseline_bytes": baseline,
+    }
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def run_config(mode: str, n: int, d: int, repeats: int, timeout: float) -> dict:
+    est = estimated_bytes(mode, n)
+    if est is not None and est > MEMORY_FRACTION * _mem_total_bytes():
+        return {"skipped": f"OOM (est. {est / 2**30:.0f} GiB)"}
+    cmd = [sys.executable, __file__, "--worker", mode, str(n), str(d), str(repeats)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"timeout (> {timeout:.0f} s)"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else "error"
+        tail = (proc.stderr.strip().splitlines() or [""])[-1][:120]
+        return {"skipped": f"{reason}: {tail}" if reason == "error" else reason}
+    return json.loads(lines[-1])
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def _row(mode: str, n: int, d: int, r: dict) -> str:
+    impl, style = mode.split(":")
+    if "skipped" in r:
+        return f"| {n} | {d} | {impl} | {style} | {r['skipped']} | | |"
+    return (
+        f"| {n} | {d} | {impl} | {style} | {r['median_s']:.3f} ({r['min_s']:.3f}) "
+        f"| {_gib(r['peak_bytes'])} | {_gib(r['baseline_bytes'])} |"
+    )
+
+
+def _row_key(row: str) -> tuple[int, int, int] | None:
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    if len(cells) < 4 or not cells[0].isdigit():
+        return None
+    mode = f"{cells[2]}:{cells[3]}"
+    order = ALL_MODES.index(mode) if mode in ALL_MODES else len(ALL_MODES)
+    return int(cells[1]), int(cells[0]), order
+
+
+def _previous_rows() -> dict[tuple[int, int, int], str]:
+    """Table rows of the current ``## Circle`` section, so that a run for a few
+    configurations updates their rows and keeps the others."""
+    from results import RESULTS
+
+    if not RESULTS.exists():
+        return {}
+    text = RESULTS.read_text()
+    match = re.search(rf"^## {SECTION}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    rows = {}
+    for line in (match.group(1) if match else "").splitlines():
+        key = _row_key(line) if line.startswith("| ") else None
+        if key is not None:
+            rows[key] = line
+    return rows
+
+
+def render(rows: list[str], argv: list[str]) -> str:
+    import tensorflow as tf  # only for the version string
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*:\s*(.*)", f.read())
+            cpu = model.group(1) if model else cpu
+    except OSError:
+        pass
+    lines = [
+        f"Forward + backward of the Circle loss (gamma={GAMMA:g}, margin={MARGIN:g}, "
+        "no reference set, unit-norm float32 embeddings, about 8 rows per class), "
+        f"{cpu}, {os.cpu_count()} CPUs, {_mem_total_bytes() / 2**30:.0f} GiB RAM, "
+        f"TensorFlow {tf.__version__}. Last run ({datetime.date.today().isoformat()}): "
+        f"`python benchmarks/circle.py {' '.join(argv)}`; rows of earlier runs are kept.",
+        "",
+        "- time: median over the repeats after one warm-up call (which includes tracing and "
+        "XLA compilation); min in parentheses.",
+        "- peak RSS: VmHWM of the process that ran only this configuration; the baseline is "
+        "its VmHWM after importing TensorFlow and building the inputs.",
+        "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.ops.circle_loss` (under "
+        "`jit` it runs the op's XLA lowering, which materialises N x N like Keras); `matmul`: "
+        "x @ x^T, dS @ x and dS^T @ x only.",
+        f"- OOM rows were not run: their estimated peak exceeds {MEMORY_FRACTION:.0%} of the RAM.",
+        "",
+        "| N | D | implementation | mode | fwd+bwd time (s) | peak RSS (GiB) | baseline (GiB) |",
+        "|---:|---:|---|---|---:|---:|---:|",
+        *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--worker"]:
+        mode, n, d, repeats = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+        print(json.dumps(_worker(mode, n, d, repeats)), flush=True)
+        return
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=1024,4096; D=128; 3 repeats")
+    parser.add_argument("--n", type=int, nargs="+", help="batch sizes (default 1024..65536)")
+    parser.add_argument("--d", type=int, nargs="+", help="embedding sizes (default 128 512)")
+    parser.add_argument("--modes", nargs="+", choices=ALL_MODES, default=ALL_MODES)
+    parser.add_argument("--repeats", type=int, help="timed runs per configuration")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    sizes = args.n or ([1024, 4096] if args.quick else [2**k for k in range(10, 17)])
+    dims = args.d or ([128] if args.quick else [128, 512])
+    results = []
+    for d in dims:
+        for n in sizes:
+            for mode in args.modes:
+                repeats = args.repeats or (3 if args.quick or n >= 32768 else 5)
+                r = run_config(mode, n, d, repeats, args.timeout)
+                results.append((mode, n, d, r))
+                shown = r.get("skipped") or (
+                    f"{r['median_s']:.3f} s, peak {_gib(r['peak_bytes'])} GiB"
+                )
+                print(f"N={n:6d} D={d:4d} {mode:16s} {shown}", flush=True)
+    # benchmarks/results.py (shared) rewrites one section and keeps the others.
+    from results import RESULTS, write_section
+
+    rows = {} if args.no_write else _previous_rows()
+    for mode, n, d, r in results:
+        rows[(d, n, ALL_MODES.index(mode))] = _row(mode, n, d, r)
+    text = render([rows[k] for k in sorted(rows)], argv)
+    if args.no_write:
+        print(text)
+    else:
+        write_section(SECTION, text)
+        print(f"wrote the '## {SECTION}' section of {RESULTS}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

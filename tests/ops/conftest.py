@@ -1,0 +1,12 @@
+import pytest
+
+from keras_margin import ops as km_ops
+
+
+@pytest.fixture(scope="session")
+def op_lib():
+    """The loaded op module. Fails (never skips) when the library was not built."""
+    assert km_ops.custom_op_available(), km_ops.custom_op_unavailable_reason()
+    from keras_margin.ops import _loader
+
+    return _loader.load_library()

@@ -1,0 +1,35 @@
+"""Data generators shared by the fused-op tests."""
+
+import numpy as np
+
+
+def make_labels(rng, n, layout, classes=4):
+    if layout == "random":
+        return rng.integers(0, classes, size=n)
+    if layout == "singletons":  # no row has a positive
+        return np.arange(n)
+    if layout == "one_class":  # no row has a negative
+        return np.full(n, 7)
+    if layout == "mixed":  # a few classes plus singleton rows
+        labels = rng.integers(0, classes, size=n)
+        lonely = rng.random(n) < 0.3
+        labels[lonely] = 1000 + np.arange(lonely.sum())
+        return labels
+    raise ValueError(layout)
+
+
+def make_embeddings(rng, n, d, dtype=np.float32):
+    """Unit-norm rows, a few rows scaled to norm 1.03 and a few scaled copies of other rows.
+
+    Over-unit rows and the copies give similarities well above 1, where the distance clamp
+    d = max(1 - s, 0) is active. Unscaled copies are avoided: their similarity is 1 up to
+    rounding, right on the clamp's kink, where float32 results legitimately depend on the
+    order of the dot product's additions.
+    """
+    x = rng.normal(size=(n, d))
+    if d and n:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x[rng.random(n) < 0.15] *= 1.03
+        dup = rng.random(n) < 0.1
+        x[dup] = 1.03 * x[rng.integers(0, n, size=dup.sum())]
+    return x.astype(dtype)

@@ -1,0 +1,427 @@
+"""The fused Circle op against keras.losses.circle: values, gradients, dtypes, errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_margin import ops as km_ops
+from keras_margin.ops import circle_loss
+
+from .helpers import make_embeddings, make_labels
+
+
+def test_custom_op_is_available():
+    # Must fail, not skip, when the library was not built: the op is part of the package.
+    assert km_ops.custom_op_available(), km_ops.custom_op_unavailable_reason()
+    assert km_ops.custom_op_unavailable_reason() is None
+
+
+def _value_and_grads(fn, x, ref, upstream):
+    """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref."""
+    x = tf.constant(x)
+    ref = None if ref is None else tf.constant(ref)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        if ref is not None:
+            tape.watch(ref)
+        loss = fn(x, ref)
+        total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
+    grads = tape.gradient(total, [x] if ref is None else [x, ref])
+    grads = [
+        np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
+        for g, v in zip(grads, [x, ref], strict=False)
+    ]
+    return np.asarray(loss, np.float64), grads
+
+
+def _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal):
+    def fn(x, ref):
+        return keras.losses.circle(
+            labels,
+            x,
+            ref_labels=ref_labels,
+            ref_embeddings=ref,
+            remove_diagonal=remove_diagonal,
+            gamma=gamma,
+            margin=margin,
+        )
+
+    return fn
+
+
+def _op_fn(labels, ref_labels, gamma, margin, remove_diagonal):
+    def fn(x, ref):
+        return circle_loss(
+            x,
+            labels,
+            ref,
+            ref_labels if ref is not None else None,
+            gamma=gamma,
+            margin=margin,
+            remove_diagonal=remove_diagonal,
+        )
+
+    return fn
+
+
+def _assert_close_f32(got, want, gamma):
+    """float32 tolerance. Values: rounding of O(gamma) logits. Gradients: the softmax weights
+    exp(L - lse) carry a relative error ~ gamma * eps32, so the bound scales with gamma."""
+    loss, grads = got
+    ref_loss, ref_grads = want
+    np.testing.assert_allclose(
+        loss, ref_loss, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref_loss).max(initial=0))
+    )
+    for g, rg in zip(grads, ref_grads, strict=True):
+        scale = max(np.abs(rg).max(initial=0), 1e-3)
+        np.testing.assert_allclose(g, rg, rtol=1e-4, atol=4e-7 * max(gamma, 50) * scale)
+
+
+def _assert_close_f64(got, want):
+    loss, grads = got
+    ref_loss, ref_grads = want
+    np.testing.assert_allclose(
+        loss, ref_loss, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(ref_loss).max(initial=0))
+    )
+    for g, rg in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(
+            g, rg, rtol=1e-9, atol=1e-10 * max(np.abs(rg).max(initial=0), 1.0)
+        )
+
+
+# (n, m, d, layout): m=None means no reference set (self-reference mode).
+SHAPES = [
+    (1, None, 3, "random"),
+    (2, None, 1, "random"),
+    (3, None, 2, "mixed"),
+    (37, None, 5, "mixed"),
+    (129, None, 17, "random"),
+    (300, None, 64, "mixed"),
+    (1100, None, 8, "random"),  # 256-row tiles with a ragged last block
+    (40, None, 6, "singletons"),
+    (40, None, 6, "one_class"),
+    (1, 1, 3, "random"),
+    (3, 2, 2, "random"),
+    (37, 53, 9, "mixed"),
+    (200, 70, 33, "random"),
+    (70, 300, 16, "mixed"),
+    (33, 20, 4, "singletons"),
+    (30, 30, 4, "one_class"),
+]
+
+
+def _case(rng, n, m, d, layout, dtype=np.float32):
+    x = make_embeddings(rng, n, d, dtype)
+    labels = make_labels(rng, n, layout)
+    if m is None:
+        return x, labels, None, None
+    ref = make_embeddings(rng, m, d, dtype)
+    ref_labels = make_labels(rng, m, layout)
+    if layout != "singletons":
+        # Reference labels partly shared with the queries, partly unseen.
+        ref_labels = np.where(rng.random(m) < 0.8, ref_labels, 50 + ref_labels)
+    return x, labels, ref, ref_labels
+
+
+@pytest.mark.parametrize("n,m,d,layout", SHAPES)
+@pytest.mark.parametrize(
+    "gamma,margin,remove_diagonal",
+    [(80.0, 0.4, True), (1.0, 0.0, False), (256.0, 0.25, True), (1024.0, 0.4, False)],
+)
+def test_matches_keras_float32_eager(rng, n, m, d, layout, gamma, margin, remove_diagonal):
+    margin = float(np.float32(margin))  # the op's attrs are float32
+    x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
+    upstream = rng.random(n)
+    want = _value_and_grads(
+        _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+    )
+    got = _value_and_grads(
+        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+    )
+    _assert_close_f32(got, want, gamma)
+
+
+@pytest.mark.parametrize("n,m,d,layout", SHAPES[::2])
+@pytest.mark.parametrize("gamma", [1.0, 80.0, 256.0, 1024.0])
+@pytest.mark.parametrize("margin", [0.0, 0.25, 0.4])
+def test_matches_keras_float64(rng, n, m, d, layout, gamma, margin):
+    """In float64 both sides are exact to ~1e-12: this pins the math, including the gradient
+    of the clamped weights and the distance clamp."""
+    margin = float(np.float32(margin))
+    remove_diagonal = bool(rng.integers(0, 2))
+    x, labels, ref, ref_labels = _case(rng, n, m, d, layout, np.float64)
+    upstream = rng.random(n)
+    want = _value_and_grads(
+        _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+    )
+    got = _value_and_grads(
+        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+    )
+    _assert_close_f64(got, want)
+
+
+@pytest.mark.parametrize("mode", ["function", "jit"])
+@pytest.mark.parametrize(
+    "n,m,d,layout,gamma,margin,remove_diagonal",
+    [
+        (37, None, 5, "mixed", 80.0, 0.4, True),
+        (3, None, 2, "random", 1024.0, 0.0, False),
+        (64, 45, 7, "mixed", 256.0, 0.25, True),
+        (20, None, 4, "singletons", 80.0, 0.4, True),
+        (20, 11, 4, "one_class", 80.0, 0.4, False),
+    ],
+)
+def test_matches_keras_compiled(rng, mode, n, m, d, layout, gamma, margin, remove_diagonal):
+    margin = float(np.float32(margin))
+    x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
+    upstream = rng.random(n)
+    want = _value_and_grads(
+        _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+    )
+    fn = _op_fn(labels, ref_labels, gamma, margin, remove_diagonal)
+
+    # Gradients are taken inside the compiled function, as Keras' train_step does.
+    def loss_and_grads(x, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if ref is not None:
+                tape.watch(ref)
+            loss = fn(x, ref)
+            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
+        grads = tape.gradient(total, [x] if ref is None else [x, ref])
+        return loss, grads
+
+    compiled = tf.function(loss_and_grads, jit_compile=(mode == "jit"))
+    loss, grads = compiled(tf.constant(x), None if ref is None else tf.constant(ref))
+    got = (np.asarray(loss, np.float64), [np.asarray(g, np.float64) for g in grads])
+    _assert_close_f32(got, want, gamma)
+
+
+def test_jit_hlo_contains_lowering(rng):
+    x = tf.constant(make_embeddings(rng, 16, 4))
+    labels = tf.constant(make_labels(rng, 16, "random"))
+    fn = tf.function(
+        lambda x: circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True),
+        jit_compile=True,
+    )
+    hlo = fn.experimental_get_compiler_ir(x)(stage="hlo")
+    assert "dot(" in hlo and "exponential" in hlo
+
+
+@pytest.mark.parametrize("self_reference", [True, False])
+def test_compute_gradient_float64(rng, self_reference):
+    n, m, d = 9, 7, 4
+    x = make_embeddings(rng, n, d, np.float64)
+    labels = np.array([0, 1, 0, 2, 1, 3, 0, 2, 4])
+    ref = make_embeddings(rng, m, d, np.float64)
+    ref_labels = np.array([1, 0, 2, 5, 0, 1, 3])
+    kwargs = dict(gamma=80.0, margin=0.25, remove_diagonal=True)
+    if self_reference:
+        args = [x]
+
+        def fn(x):
+            return circle_loss(x, labels, **kwargs)
+    else:
+        args = [x, ref]
+
+        def fn(x, ref):
+            return circle_loss(x, labels, ref, ref_labels, **kwargs)
+
+    theoretical, numerical = tf.test.compute_gradient(fn, args, delta=1e-6)
+    for t, nm in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, nm, rtol=1e-5, atol=1e-5 * np.abs(nm).max())
+
+
+@pytest.mark.parametrize("dtype,rtol", [(tf.float16, 2e-3), (tf.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_low_precision_inputs(rng, dtype, rtol, with_ref):
+    """half/bfloat16 are widened and accumulated in float32: the only extra error is the
+    rounding of the outputs to the input dtype."""
+    n, m, d = 50, 30, 16
+    x = tf.cast(make_embeddings(rng, n, d), dtype)
+    labels = make_labels(rng, n, "mixed")
+    ref = tf.cast(make_embeddings(rng, m, d), dtype) if with_ref else None
+    ref_labels = make_labels(rng, m, "random") if with_ref else None
+    upstream = rng.random(n)
+    kwargs = dict(gamma=80.0, margin=0.25, remove_diagonal=True)
+    loss, grads = _value_and_grads(
+        lambda x, ref: circle_loss(x, labels, ref, ref_labels, **kwargs), x, ref, upstream
+    )
+    as32 = None if ref is None else tf.cast(ref, tf.float32)
+    want_loss, want_grads = _value_and_grads(
+        _keras_fn(labels, ref_labels, kwargs["gamma"], kwargs["margin"], True),
+        tf.cast(x, tf.float32),
+        as32,
+        upstream,
+    )
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=rtol)
+    for g, wg in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, wg, rtol=rtol, atol=rtol * np.abs(wg).max())
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64, np.float32])
+def test_label_dtypes_and_shapes(rng, label_dtype):
+    x = make_embeddings(rng, 30, 5)
+    labels = make_labels(rng, 30, "mixed")
+    kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
+    want = circle_loss(x, labels.astype(np.int32), **kwargs)
+    # Large int64 values must stay distinct (no float round trip).
+    big = labels.astype(np.int64) * (2**40) if label_dtype == np.int64 else labels
+    got = circle_loss(x, big.astype(label_dtype).reshape(-1, 1), **kwargs)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    mixed = circle_loss(x, labels.astype(np.int32), x, labels.astype(np.int64), **kwargs)
+    np.testing.assert_allclose(mixed, want, rtol=1e-5, atol=1e-4)
+
+
+def test_int64_labels_beyond_float_precision(rng):
+    x = make_embeddings(rng, 4, 3)
+    # Distinct int64 labels that collide once cast to float32.
+    labels = np.array([2**40, 2**40 + 1, 2**40, 2**40 + 1], np.int64)
+    loss = circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True)
+    want = keras.losses.circle(np.array([0, 1, 0, 1]), x, gamma=80.0, margin=0.4)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_empty_batch(with_ref):
+    x = tf.zeros([0, 8])
+    labels = tf.zeros([0], tf.int32)
+    ref = tf.random.normal([5, 8]) if with_ref else None
+    ref_labels = tf.range(5) if with_ref else None
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = circle_loss(x, labels, ref, ref_labels, gamma=80.0, margin=0.4, remove_diagonal=True)
+    assert loss.shape == (0,)
+    assert tape.gradient(loss, x).shape == (0, 8)
+
+
+def test_empty_reference_and_zero_dim(rng):
+    x = tf.constant(make_embeddings(rng, 6, 3))
+    labels = tf.constant([0, 1, 0, 1, 2, 2])
+    loss = circle_loss(
+        x,
+        labels,
+        tf.zeros([0, 3]),
+        tf.zeros([0], tf.int32),
+        gamma=80.0,
+        margin=0.4,
+        remove_diagonal=True,
+    )
+    np.testing.assert_array_equal(loss, np.zeros(6))
+    empty_d = tf.zeros([6, 0])
+    with tf.GradientTape() as tape:
+        tape.watch(empty_d)
+        loss = circle_loss(empty_d, labels, gamma=80.0, margin=0.4, remove_diagonal=True)
+    want = keras.losses.circle(labels, empty_d, gamma=80.0, margin=0.4)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    assert tape.gradient(loss, empty_d).shape == (6, 0)
+
+
+def test_degenerate_rows_have_zero_gradient_not_nan(rng):
+    x = tf.constant(make_embeddings(rng, 6, 4))
+    for labels in ([0, 1, 2, 3, 4, 5], [3] * 6):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = circle_loss(x, labels, gamma=1024.0, margin=0.4, remove_diagonal=True)
+        np.testing.assert_array_equal(loss, np.zeros(6))
+        np.testing.assert_array_equal(tape.gradient(loss, x), np.zeros((6, 4)))
+
+
+class TestRawOpValidation:
+    """Bad shapes and attributes raise InvalidArgumentError from the kernel; nothing crashes."""
+
+    ATTRS = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
+
+    def _call(self, lib, x, labels, ref, ref_labels, **overrides):
+        attrs = {**self.ATTRS, **overrides}
+        return lib.keras_margin_circle_loss(x, labels, ref, ref_labels, **attrs)
+
+    @pytest.mark.parametrize(
+        "x_shape,labels_shape,ref_shape,ref_labels_shape,match",
+        [
+            ([4], [4], [4, 3], [4], "embeddings must have rank 2"),
+            ([4, 3], [4, 1], [4, 3], [4], "labels must have rank 1"),
+            ([4, 3], [5], [4, 3], [4], "labels must have length 4"),
+            ([4, 3], [4], [4, 2], [4], "same dimension D"),
+            ([4, 3], [4], [5, 3], [4], "ref_labels must have length 5"),
+            ([4, 3], [4], [2, 3, 1], [2], "ref_embeddings must have rank 2"),
+        ],
+    )
+    def test_shapes(self, op_lib, x_shape, labels_shape, ref_shape, ref_labels_shape, match):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            self._call(
+                op_lib,
+                tf.zeros(x_shape),
+                tf.zeros(labels_shape, tf.int32),
+                tf.zeros(ref_shape),
+                tf.zeros(ref_labels_shape, tf.int32),
+            )
+
+    def test_self_reference_needs_same_rows(self, op_lib):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="self_reference"):
+            self._call(
+                op_lib,
+                tf.zeros([4, 3]),
+                tf.zeros([4], tf.int32),
+                tf.zeros([5, 3]),
+                tf.zeros([5], tf.int32),
+                self_reference=True,
+            )
+
+    @pytest.mark.parametrize(
+        "overrides,match",
+        [
+            (dict(gamma=0.0), "gamma"),
+            (dict(gamma=-1.0), "gamma"),
+            (dict(gamma=float("inf")), "gamma"),
+            (dict(gamma=float("nan")), "gamma"),
+            (dict(margin=float("nan")), "margin"),
+            (dict(Tstate=tf.float64), "Tstate"),
+        ],
+    )
+    def test_attrs(self, op_lib, overrides, match):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            self._call(
+                op_lib,
+                tf.zeros([4, 3]),
+                tf.zeros([4], tf.int32),
+                tf.zeros([4, 3]),
+                tf.zeros([4], tf.int32),
+                **overrides,
+            )
+
+    def test_grad_op_shapes(self, op_lib):
+        x, labels = tf.zeros([4, 3]), tf.zeros([4], tf.int32)
+        lse = tf.zeros([4])
+        with pytest.raises(tf.errors.InvalidArgumentError, match="grad_loss must have length 4"):
+            op_lib.keras_margin_circle_loss_grad(
+                tf.zeros([3]), x, labels, x, labels, lse, lse, **self.ATTRS
+            )
+        with pytest.raises(tf.errors.InvalidArgumentError, match="lse_neg must have length 4"):
+            op_lib.keras_margin_circle_loss_grad(
+                tf.zeros([4]), x, labels, x, labels, lse, tf.zeros([2]), **self.ATTRS
+            )
+
+    def test_kernel_checks_unknown_static_shapes(self, op_lib):
+        """Inside a graph with unknown shapes only the kernel can catch the mismatch."""
+
+        @tf.function(
+            input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.int32)]
+        )
+        def fn(x, labels):
+            return self._call(op_lib, x, labels, x, labels)[0]
+
+        with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have length"):
+            fn(tf.zeros([4, 3]), tf.zeros([5], tf.int32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="embeddings must have rank 2"):
+            fn(tf.zeros([4, 3, 1]), tf.zeros([4], tf.int32))
+
+    def test_jit_reports_invalid_argument(self, op_lib):
+        fn = tf.function(
+            lambda x, labels: self._call(op_lib, x, labels, x, labels)[0],
+            input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.int32)],
+            jit_compile=True,
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have length"):
+            fn(tf.zeros([4, 3]), tf.zeros([5], tf.int32))

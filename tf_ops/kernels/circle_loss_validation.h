@@ -1,0 +1,114 @@
+// Argument checks shared by the CPU kernels and the XLA lowerings, so that
+// both report the same InvalidArgument errors for the same bad inputs.
+
+#ifndef KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
+#define KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
+
+#include <cmath>
+
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/platform/errors.h"
+#include "tensorflow/core/platform/status.h"
+
+namespace keras_margin {
+
+struct CircleAttrs {
+  float gamma = 0.0f;
+  float margin = 0.0f;
+  bool remove_diagonal = false;
+  bool self_reference = false;
+};
+
+// Reads and checks the attributes common to both ops; `ctx` is an
+// OpKernelConstruction or an XlaOpKernelContext's construction.
+template <typename Ctx>
+tensorflow::Status ReadCircleAttrs(Ctx* ctx, CircleAttrs* attrs) {
+  TF_RETURN_IF_ERROR(ctx->GetAttr("gamma", &attrs->gamma));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("margin", &attrs->margin));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("remove_diagonal", &attrs->remove_diagonal));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("self_reference", &attrs->self_reference));
+  if (!std::isfinite(attrs->gamma) || !(attrs->gamma > 0.0f)) {
+    return tensorflow::errors::InvalidArgument(
+        "gamma must be finite and > 0, got ", attrs->gamma);
+  }
+  if (!std::isfinite(attrs->margin)) {
+    return tensorflow::errors::InvalidArgument("margin must be finite, got ",
+                                               attrs->margin);
+  }
+  tensorflow::DataType t, tstate;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("Tstate", &tstate));
+  const tensorflow::DataType expected = t == tensorflow::DT_DOUBLE
+                                            ? tensorflow::DT_DOUBLE
+                                            : tensorflow::DT_FLOAT;
+  if (tstate != expected) {
+    return tensorflow::errors::InvalidArgument(
+        "Tstate must be ", tensorflow::DataTypeString(expected), " when T is ",
+        tensorflow::DataTypeString(t), ", got ",
+        tensorflow::DataTypeString(tstate));
+  }
+  return tensorflow::Status();
+}
+
+inline tensorflow::Status CheckRank(const char* name,
+                                    const tensorflow::TensorShape& shape,
+                                    int rank) {
+  if (shape.dims() != rank) {
+    return tensorflow::errors::InvalidArgument(
+        name, " must have rank ", rank, ", got shape ", shape.DebugString());
+  }
+  return tensorflow::Status();
+}
+
+inline tensorflow::Status CheckLength(const char* name,
+                                      const tensorflow::TensorShape& shape,
+                                      int64_t expected, const char* what) {
+  TF_RETURN_IF_ERROR(CheckRank(name, shape, 1));
+  if (shape.dim_size(0) != expected) {
+    return tensorflow::errors::InvalidArgument(
+        name, " must have length ", expected, " (", what, "), got ",
+        shape.dim_size(0));
+  }
+  return tensorflow::Status();
+}
+
+// embeddings [N, D], labels [N], ref_embeddings [M, D], ref_labels [M];
+// self_reference additionally requires M == N.
+inline tensorflow::Status ValidateCircleInputs(
+    const tensorflow::TensorShape& x, const tensorflow::TensorShape& labels,
+    const tensorflow::TensorShape& ref,
+    const tensorflow::TensorShape& ref_labels, bool self_reference) {
+  TF_RETURN_IF_ERROR(CheckRank("embeddings", x, 2));
+  TF_RETURN_IF_ERROR(CheckRank("ref_embeddings", ref, 2));
+  TF_RETURN_IF_ERROR(
+      CheckLength("labels", labels, x.dim_size(0), "embeddings rows N"));
+  TF_RETURN_IF_ERROR(CheckLength("ref_labels", ref_labels, ref.dim_size(0),
+                                 "ref_embeddings rows M"));
+  if (ref.dim_size(1) != x.dim_size(1)) {
+    return tensorflow::errors::InvalidArgument(
+        "ref_embeddings must have the same dimension D as embeddings: ",
+        ref.dim_size(1), " vs ", x.dim_size(1));
+  }
+  if (self_reference && ref.dim_size(0) != x.dim_size(0)) {
+    return tensorflow::errors::InvalidArgument(
+        "self_reference requires ref_embeddings to have as many rows as "
+        "embeddings: M=",
+        ref.dim_size(0), " vs N=", x.dim_size(0));
+  }
+  return tensorflow::Status();
+}
+
+// The extra inputs of the gradient op: grad_loss, lse_pos and lse_neg [N].
+inline tensorflow::Status ValidateCircleGradInputs(
+    const tensorflow::TensorShape& grad_loss,
+    const tensorflow::TensorShape& lse_pos,
+    const tensorflow::TensorShape& lse_neg, int64_t n) {
+  TF_RETURN_IF_ERROR(CheckLength("grad_loss", grad_loss, n, "N"));
+  TF_RETURN_IF_ERROR(CheckLength("lse_pos", lse_pos, n, "N"));
+  return CheckLength("lse_neg", lse_neg, n, "N");
+}
+
+}  // namespace keras_margin
+
+#endif  // KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
