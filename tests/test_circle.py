@@ -1,5 +1,7 @@
 """Keras-style tests of Circle, checked against an independent numpy reference."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +15,16 @@ def embeddings(rng, n, d):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.fixture(params=["composite", "fused"])
+def implementation(request):
+    """Runs a test through the composite keras.ops path and through the fused C++ op."""
+    if request.param == "fused":
+        from keras_margin import ops as fused_ops
+
+        assert fused_ops.custom_op_available(), fused_ops.custom_op_unavailable_reason()
+    return request.param
+
+
 @pytest.fixture
 def batch(rng):
     # Class 3 has a single member, so its row has no positive and a loss of 0 (masked).
@@ -21,7 +33,9 @@ def batch(rng):
 
 class TestCircle:
     def test_config(self):
-        loss = losses.Circle(gamma=32.0, margin=0.25, remove_diagonal=False, name="c")
+        loss = losses.Circle(
+            gamma=32.0, margin=0.25, remove_diagonal=False, name="c", implementation="composite"
+        )
         config = loss.get_config()
         assert config == {
             "name": "c",
@@ -30,56 +44,65 @@ class TestCircle:
             "gamma": 32.0,
             "margin": 0.25,
             "remove_diagonal": False,
+            "implementation": "composite",
         }
         assert losses.Circle.from_config(config).get_config() == config
 
-    def test_unweighted(self, batch):
+    def test_unweighted(self, batch, implementation):
         labels, x = batch
         rows = reference.circle(labels, x)
         assert rows[-1] == 0.0 and np.all(rows[:-1] > 0)
-        np.testing.assert_allclose(losses.Circle(reduction=None)(labels, x), rows, rtol=1e-5)
+        circle = functools.partial(losses.Circle, implementation=implementation)
+        np.testing.assert_allclose(circle(reduction=None)(labels, x), rows, rtol=1e-5)
         # The zero-loss row is masked: the mean runs over the seven others.
-        np.testing.assert_allclose(losses.Circle()(labels, x), rows[:-1].mean(), rtol=1e-5)
-        np.testing.assert_allclose(losses.Circle(reduction="sum")(labels, x), rows.sum(), rtol=1e-5)
+        np.testing.assert_allclose(circle()(labels, x), rows[:-1].mean(), rtol=1e-5)
+        np.testing.assert_allclose(circle(reduction="sum")(labels, x), rows.sum(), rtol=1e-5)
 
-    def test_weighted(self, batch, rng):
+    def test_weighted(self, batch, rng, implementation):
         labels, x = batch
         weights = rng.uniform(0.5, 2.0, size=8)
         rows = reference.circle(labels, x)
-        loss = losses.Circle(reduction="sum")(labels, x, sample_weight=weights)
+        circle = functools.partial(losses.Circle, implementation=implementation)
+        loss = circle(reduction="sum")(labels, x, sample_weight=weights)
         np.testing.assert_allclose(loss, (rows * weights).sum(), rtol=1e-5)
-        loss = losses.Circle()(labels, x, sample_weight=weights)
+        loss = circle()(labels, x, sample_weight=weights)
         np.testing.assert_allclose(loss, (rows * weights)[:-1].sum() / 7, rtol=1e-5)
 
-    def test_zero_weighted(self, batch):
+    def test_zero_weighted(self, batch, implementation):
         labels, x = batch
-        np.testing.assert_allclose(losses.Circle()(labels, x, sample_weight=np.zeros(8)), 0.0)
+        loss = losses.Circle(implementation=implementation)
+        np.testing.assert_allclose(loss(labels, x, sample_weight=np.zeros(8)), 0.0)
 
     @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
-    def test_dtype(self, batch, dtype):
+    def test_dtype(self, batch, dtype, implementation):
         labels, x = batch
-        loss = losses.Circle(gamma=16.0, dtype=dtype)(labels, x)
+        loss = losses.Circle(gamma=16.0, dtype=dtype, implementation=implementation)(labels, x)
         assert keras.backend.standardize_dtype(loss.dtype) == dtype
         expected = reference.circle(labels, x, gamma=16.0)[:-1].mean()
         np.testing.assert_allclose(float(loss), expected, rtol=5e-2)
 
-    def test_reference_set(self, rng):
+    def test_reference_set(self, rng, implementation):
         labels, x = rng.integers(0, 3, size=6), embeddings(rng, 6, 5)
         ref_labels, ref = rng.integers(0, 3, size=9), embeddings(rng, 9, 5)
         for remove_diagonal in (True, False):
             got = losses.circle(
                 labels, x, ref_labels=ref_labels, ref_embeddings=ref,
                 gamma=80.0, margin=0.4, remove_diagonal=remove_diagonal,
+                implementation=implementation,
             )  # fmt: skip
             want = reference.circle(labels, x, ref_labels, ref, 80.0, 0.4, remove_diagonal)
             np.testing.assert_allclose(got, want, rtol=1e-5)
 
-    def test_labels_of_shape_n_by_1(self, batch):
+    def test_labels_of_shape_n_by_1(self, batch, implementation):
         labels, x = batch
-        np.testing.assert_allclose(
-            losses.Circle(reduction=None)(labels[:, None], x), reference.circle(labels, x),
-            rtol=1e-5,
-        )  # fmt: skip
+        loss = losses.Circle(reduction=None, implementation=implementation)
+        np.testing.assert_allclose(loss(labels[:, None], x), reference.circle(labels, x), rtol=1e-5)
+
+    def test_unknown_implementation_names_the_argument(self):
+        with pytest.raises(ValueError, match="`implementation`"):
+            losses.Circle(implementation="cuda")
+        with pytest.raises(ValueError, match="`implementation`"):
+            losses.circle([0, 0], np.eye(2), implementation="")
 
     @pytest.mark.parametrize("gamma", [0.0, -1.0, float("inf")])
     def test_invalid_gamma_names_gamma(self, gamma):

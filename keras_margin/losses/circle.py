@@ -1,12 +1,14 @@
 """Circle loss (Sun et al., 2020) for embedding and retrieval models."""
 
 import math
+import warnings
 
+import keras
 import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
-from keras_margin.losses.base import REDUCTION_DOC, MarginLoss
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
 
@@ -27,6 +29,61 @@ def validate_circle_args(gamma, margin, remove_diagonal):
     if not isinstance(remove_diagonal, (bool, np.bool_)):
         raise TypeError(f"Argument `remove_diagonal` must be a bool; received {remove_diagonal!r}.")
     return gamma, _validate_finite("margin", margin), bool(remove_diagonal)
+
+
+IMPLEMENTATIONS = ("auto", "fused", "composite")
+_REBUILD_HINT = (
+    "Rebuild it with `python -m pip install --no-build-isolation --force-reinstall "
+    "--no-deps -e .` from a keras_margin checkout, with g++ and the TensorFlow version "
+    "keras_margin pins installed."
+)
+_fallback_warned = False
+
+
+def validate_implementation(implementation):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Argument `implementation` must be one of {IMPLEMENTATIONS}; "
+            f"received implementation={implementation!r}."
+        )
+    return implementation
+
+
+def _fused_op_usable(implementation):
+    """Decides between the fused op and the composite path for ``implementation``.
+
+    ``"auto"`` falls back to the composite path when the op cannot be used, warning once per
+    process with the reason; ``"fused"`` raises instead.
+    """
+    if implementation == "composite":
+        return False
+    if keras.backend.backend() != "tensorflow":
+        if implementation == "fused":
+            raise RuntimeError(
+                "Circle(implementation='fused') needs the TensorFlow backend; the active Keras "
+                f"backend is {keras.backend.backend()!r}."
+            )
+        return False
+    from keras_margin import ops as fused_ops
+
+    if fused_ops.custom_op_available():
+        return True
+    reason = fused_ops.custom_op_unavailable_reason()
+    if implementation == "fused":
+        raise RuntimeError(
+            f"Circle(implementation='fused') needs the compiled op, which is unavailable: "
+            f"{reason}. {_REBUILD_HINT}"
+        )
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"keras_margin's fused Circle op is unavailable ({reason}); Circle uses the slower "
+            f"composite path, which builds the full similarity matrix. {_REBUILD_HINT}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
 
 
 def _flat_class_ids(labels, name):
@@ -91,6 +148,7 @@ def circle(
     remove_diagonal=True,
     gamma=80,
     margin=0.4,
+    implementation="auto",
 ):
     """Computes the Circle loss of each embedding.
 
@@ -118,6 +176,10 @@ def circle(
         remove_diagonal: Whether to exclude pair (i, i) from the positives. Defaults to `True`.
         gamma: Positive float, the scale of the logits. Defaults to 80.
         margin: Float, the relaxation margin. Defaults to 0.4.
+        implementation: `"auto"` (the default) uses the fused C++/XLA op when it is built and
+            the backend is TensorFlow, else the composite `keras.ops` path (with a one-time
+            warning if the op is missing). `"fused"` requires the op and raises if it is
+            unavailable; `"composite"` always uses the composite path.
 
     Returns:
         Circle loss values, shape `[batch_size]`, with a Keras mask of the non-zero entries.
@@ -130,29 +192,35 @@ def circle(
     TensorShape([4])
     """
     gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
+    use_fused = _fused_op_usable(validate_implementation(implementation))
     embeddings = ops.convert_to_tensor(y_pred)
     labels = _flat_class_ids(y_true, "y_true")
-    ref_embeddings = (
-        embeddings
-        if ref_embeddings is None
-        else ops.convert_to_tensor(ref_embeddings, dtype=embeddings.dtype)
-    )
-    ref_labels = labels if ref_labels is None else _flat_class_ids(ref_labels, "ref_labels")
-    losses = pairwise_circle_loss(
-        embeddings,
-        labels,
-        ref_embeddings,
-        ref_labels,
-        gamma=gamma,
-        margin=margin,
-        remove_diagonal=remove_diagonal,
-    )
+    if ref_embeddings is not None:
+        ref_embeddings = ops.convert_to_tensor(ref_embeddings, dtype=embeddings.dtype)
+    if ref_labels is not None:
+        ref_labels = _flat_class_ids(ref_labels, "ref_labels")
+    hyperparameters = {"gamma": gamma, "margin": margin, "remove_diagonal": remove_diagonal}
+    if use_fused:
+        from keras_margin import ops as fused_ops
+
+        # Passing no reference set lets the op exploit the symmetric similarity matrix.
+        losses = fused_ops.circle_loss(
+            embeddings, labels, ref_embeddings, ref_labels, **hyperparameters
+        )
+    else:
+        losses = pairwise_circle_loss(
+            embeddings,
+            labels,
+            embeddings if ref_embeddings is None else ref_embeddings,
+            labels if ref_labels is None else ref_labels,
+            **hyperparameters,
+        )
     set_keras_mask(losses, losses > 0)
     return losses
 
 
 @export_loss(function=circle)
-class Circle(MarginLoss):
+class Circle(ClassIdLoss):
     __doc__ = f"""Computes the Circle loss between integer labels and L2-normalised embeddings.
 
     A metric-learning loss that minimises within-class distances and maximises between-class
@@ -169,6 +237,9 @@ class Circle(MarginLoss):
             positives down-weighted, above it the reverse. Defaults to 0.4.
         remove_diagonal: Whether to exclude self-similarities from the positives. Defaults to
             `True`.
+        implementation: `"auto"` (the default) uses the fused C++/XLA op when available, else
+            the composite `keras.ops` path; `"fused"` requires the op; `"composite"` never
+            uses it. See `keras_margin.losses.circle`.
         {REDUCTION_DOC}
 
     Example:
@@ -195,6 +266,7 @@ class Circle(MarginLoss):
         reduction="sum_over_batch_size",
         name="circle",
         dtype=None,
+        implementation="auto",
     ):
         gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
         super().__init__(
@@ -205,7 +277,5 @@ class Circle(MarginLoss):
             gamma=gamma,
             margin=margin,
             remove_diagonal=remove_diagonal,
+            implementation=validate_implementation(implementation),
         )
-
-    def convert_labels(self, y_true):
-        return class_ids(y_true)
