@@ -17,17 +17,27 @@ def test_custom_op_is_available():
     assert km_ops.custom_op_unavailable_reason() is None
 
 
-def _value_and_grads(fn, x, ref, upstream):
-    """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref."""
+def _value_and_grads(fn, x, ref, upstream, mode="eager"):
+    """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref.
+
+    With mode "function" or "jit" the gradients are taken inside the compiled function, as
+    Keras's train_step does.
+    """
+
+    def loss_and_grads(x, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if ref is not None:
+                tape.watch(ref)
+            loss = fn(x, ref)
+            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
+        return loss, tape.gradient(total, [x] if ref is None else [x, ref])
+
+    if mode != "eager":
+        loss_and_grads = tf.function(loss_and_grads, jit_compile=(mode == "jit"))
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        if ref is not None:
-            tape.watch(ref)
-        loss = fn(x, ref)
-        total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
-    grads = tape.gradient(total, [x] if ref is None else [x, ref])
+    loss, grads = loss_and_grads(x, ref)
     grads = [
         np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
         for g, v in zip(grads, [x, ref], strict=False)
@@ -179,22 +189,9 @@ def test_matches_keras_compiled(rng, mode, n, m, d, layout, gamma, margin, remov
     want = _value_and_grads(
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
-    fn = _op_fn(labels, ref_labels, gamma, margin, remove_diagonal)
-
-    # Gradients are taken inside the compiled function, as Keras' train_step does.
-    def loss_and_grads(x, ref):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if ref is not None:
-                tape.watch(ref)
-            loss = fn(x, ref)
-            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
-        grads = tape.gradient(total, [x] if ref is None else [x, ref])
-        return loss, grads
-
-    compiled = tf.function(loss_and_grads, jit_compile=(mode == "jit"))
-    loss, grads = compiled(tf.constant(x), None if ref is None else tf.constant(ref))
-    got = (np.asarray(loss, np.float64), [np.asarray(g, np.float64) for g in grads])
+    got = _value_and_grads(
+        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream, mode
+    )
     _assert_close_f32(got, want, gamma)
 
 
