@@ -108,3 +108,20 @@ class TestCircle:
     def test_invalid_gamma_names_gamma(self, gamma):
         with pytest.raises(ValueError, match="`gamma`"):
             losses.Circle(gamma=gamma)
+
+
+@pytest.mark.parametrize(
+    ("implementation", "uses_op"), [("auto", True), ("fused", True), ("composite", False)]
+)
+def test_implementation_decides_whether_the_graph_runs_the_op(batch, implementation, uses_op):
+    import tensorflow as tf
+
+    labels, x = batch
+    loss = losses.Circle(implementation=implementation)
+    graph = (
+        tf.function(loss)
+        .get_concrete_function(tf.constant(labels), tf.constant(x, tf.float32))
+        .graph
+    )
+    op_types = {op.type for op in graph.get_operations()}
+    assert ("KerasMargin>CircleLoss" in op_types) is uses_op

@@ -10,3 +10,11 @@ def op_lib():
     from keras_margin.ops import _loader
 
     return _loader.load_library()
+
+
+@pytest.fixture(params=["fused", "composite"])
+def implementation(request):
+    """Runs a value test through the fused op and through the pure keras.ops path."""
+    if request.param == "fused":
+        assert km_ops.custom_op_available(), km_ops.custom_op_unavailable_reason()
+    return request.param

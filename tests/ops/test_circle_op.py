@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_margin
 from keras_margin import ops as km_ops
 from keras_margin.ops import circle_loss
 
@@ -60,16 +61,19 @@ def _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal):
     return fn
 
 
-def _op_fn(labels, ref_labels, gamma, margin, remove_diagonal):
+def _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal):
+    """keras_margin's circle through ``implementation``; no reference set when ref is None."""
+
     def fn(x, ref):
-        return circle_loss(
-            x,
+        return keras_margin.losses.circle(
             labels,
-            ref,
-            ref_labels if ref is not None else None,
+            x,
+            ref_labels=None if ref is None else ref_labels,
+            ref_embeddings=ref,
+            remove_diagonal=remove_diagonal,
             gamma=gamma,
             margin=margin,
-            remove_diagonal=remove_diagonal,
+            implementation=implementation,
         )
 
     return fn
@@ -139,7 +143,9 @@ def _case(rng, n, m, d, layout, dtype=np.float32):
     "gamma,margin,remove_diagonal",
     [(80.0, 0.4, True), (1.0, 0.0, False), (256.0, 0.25, True), (1024.0, 0.4, False)],
 )
-def test_matches_keras_float32_eager(rng, n, m, d, layout, gamma, margin, remove_diagonal):
+def test_matches_keras_float32_eager(
+    rng, implementation, n, m, d, layout, gamma, margin, remove_diagonal
+):
     margin = float(np.float32(margin))  # the op's attrs are float32
     x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
     upstream = rng.random(n)
@@ -147,7 +153,7 @@ def test_matches_keras_float32_eager(rng, n, m, d, layout, gamma, margin, remove
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     got = _value_and_grads(
-        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+        _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     _assert_close_f32(got, want, gamma)
 
@@ -155,7 +161,7 @@ def test_matches_keras_float32_eager(rng, n, m, d, layout, gamma, margin, remove
 @pytest.mark.parametrize("n,m,d,layout", SHAPES[::2])
 @pytest.mark.parametrize("gamma", [1.0, 80.0, 256.0, 1024.0])
 @pytest.mark.parametrize("margin", [0.0, 0.25, 0.4])
-def test_matches_keras_float64(rng, n, m, d, layout, gamma, margin):
+def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, margin):
     """In float64 both sides are exact to ~1e-12: this pins the math, including the gradient
     of the clamped weights and the distance clamp."""
     margin = float(np.float32(margin))
@@ -166,7 +172,7 @@ def test_matches_keras_float64(rng, n, m, d, layout, gamma, margin):
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     got = _value_and_grads(
-        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
+        _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     _assert_close_f64(got, want)
 
@@ -182,7 +188,9 @@ def test_matches_keras_float64(rng, n, m, d, layout, gamma, margin):
         (20, 11, 4, "one_class", 80.0, 0.4, False),
     ],
 )
-def test_matches_keras_compiled(rng, mode, n, m, d, layout, gamma, margin, remove_diagonal):
+def test_matches_keras_compiled(
+    rng, implementation, mode, n, m, d, layout, gamma, margin, remove_diagonal
+):
     margin = float(np.float32(margin))
     x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
     upstream = rng.random(n)
@@ -190,7 +198,11 @@ def test_matches_keras_compiled(rng, mode, n, m, d, layout, gamma, margin, remov
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     got = _value_and_grads(
-        _op_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream, mode
+        _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal),
+        x,
+        ref,
+        upstream,
+        mode,
     )
     _assert_close_f32(got, want, gamma)
 
