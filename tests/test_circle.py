@@ -34,7 +34,12 @@ def batch(rng):
 class TestCircle:
     def test_config(self):
         loss = losses.Circle(
-            gamma=32.0, margin=0.25, remove_diagonal=False, name="c", implementation="composite"
+            gamma=32.0,
+            margin=0.25,
+            remove_diagonal=False,
+            name="c",
+            implementation="composite",
+            cross_replica=False,
         )
         config = loss.get_config()
         assert config == {
@@ -45,6 +50,7 @@ class TestCircle:
             "margin": 0.25,
             "remove_diagonal": False,
             "implementation": "composite",
+            "cross_replica": False,
         }
         assert losses.Circle.from_config(config).get_config() == config
 

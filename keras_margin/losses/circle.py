@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
+from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
@@ -149,6 +150,7 @@ def circle(
     gamma=80,
     margin=0.4,
     implementation="auto",
+    cross_replica=True,
 ):
     """Computes the Circle loss of each embedding.
 
@@ -180,6 +182,12 @@ def circle(
             the backend is TensorFlow, else the composite `keras.ops` path (with a one-time
             warning if the op is missing). `"fused"` requires the op and raises if it is
             unavailable; `"composite"` always uses the composite path.
+        cross_replica: Under a `tf.distribute` strategy with several replicas, and with no
+            explicit reference set, whether each replica's anchors are paired with the
+            embeddings of all replicas (gathered, with gradients flowing back to their owners),
+            which gives the single-device loss of the global batch. With `False`, pairs are
+            formed only inside each replica's slice, as Keras does. A no-op without a
+            strategy or with one replica. Defaults to `True`.
 
     Returns:
         Circle loss values, shape `[batch_size]`, with a Keras mask of the non-zero entries.
@@ -199,6 +207,9 @@ def circle(
         ref_embeddings = ops.convert_to_tensor(ref_embeddings, dtype=embeddings.dtype)
     if ref_labels is not None:
         ref_labels = _flat_class_ids(ref_labels, "ref_labels")
+    context = multi_replica_context() if cross_replica else None
+    if context is not None and ref_embeddings is None and ref_labels is None:
+        ref_embeddings, ref_labels = gather_with_local_rows_first(context, embeddings, labels)
     hyperparameters = {"gamma": gamma, "margin": margin, "remove_diagonal": remove_diagonal}
     if use_fused:
         from keras_margin import ops as fused_ops
@@ -240,6 +251,11 @@ class Circle(ClassIdLoss):
         implementation: `"auto"` (the default) uses the fused C++/XLA op when available, else
             the composite `keras.ops` path; `"fused"` requires the op; `"composite"` never
             uses it. See `keras_margin.losses.circle`.
+        cross_replica: Under a `tf.distribute` strategy with several replicas, pair each
+            replica's anchors with the embeddings of all replicas, so that the loss and its
+            gradients equal the single-device loss of the global batch (the count of non-zero
+            rows in the mean is global too). `False` keeps Keras's per-replica pairs.
+            Defaults to `True`.
         {REDUCTION_DOC}
 
     Example:
@@ -267,6 +283,7 @@ class Circle(ClassIdLoss):
         name="circle",
         dtype=None,
         implementation="auto",
+        cross_replica=True,
     ):
         gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
         super().__init__(
@@ -278,4 +295,5 @@ class Circle(ClassIdLoss):
             margin=margin,
             remove_diagonal=remove_diagonal,
             implementation=validate_implementation(implementation),
+            cross_replica=bool(cross_replica),
         )

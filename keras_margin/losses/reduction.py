@@ -9,6 +9,8 @@ producing the same numbers, and so that distributed reductions can be extended i
 import keras
 from keras import ops
 
+from keras_margin.distribute import multi_replica_context, sum_over_replicas
+
 REDUCTIONS = ("sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "none", None)
 
 
@@ -44,9 +46,13 @@ def _element_count(values, dtype):
     return ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(values), dtype="int32")), dtype)
 
 
-def _mask_as_weights(mask, reduction, dtype):
-    """Turns a boolean mask into weights; mean reductions then average over valid entries."""
-    if reduction in ("sum_over_batch_size", "mean"):
+def _mask_as_weights(mask, reduction, dtype, rescale):
+    """Turns a boolean mask into weights.
+
+    With ``rescale`` (Keras's way), mean reductions weight valid entries by total/valid, so
+    that dividing by the element count averages over the valid entries only.
+    """
+    if rescale and reduction in ("sum_over_batch_size", "mean"):
         valid = ops.sum(ops.cast(mask, dtype))
         scale = ops.divide_no_nan(_element_count(mask, dtype), valid)
         return ops.where(ops.cast(mask, "bool"), scale, ops.zeros((), dtype))
@@ -74,14 +80,20 @@ def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_bat
         mask: Optional boolean mask of valid entries (a Keras mask).
         reduction: One of ``REDUCTIONS``.
 
+    Inside a ``tf.distribute`` replica context with several replicas, the mean reductions
+    divide this replica's sum by the global count (elements, valid entries, or sum of
+    weights), so that the replicas' losses, and their summed gradients, add up to the
+    single-device loss of the global batch, uneven batches included.
+
     Returns:
         The reduced loss, or the weighted per-sample losses for ``"none"``/``None``.
     """
     dtype = values.dtype
+    context = multi_replica_context()
     if sample_weight is not None:
         sample_weight = ops.convert_to_tensor(sample_weight, dtype=dtype)
     if mask is not None:
-        mask_weights = _mask_as_weights(mask, reduction, dtype)
+        mask_weights = _mask_as_weights(mask, reduction, dtype, rescale=context is None)
         if sample_weight is None:
             sample_weight = mask_weights
         else:
@@ -91,13 +103,20 @@ def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_bat
         values, sample_weight = match_rank(values, sample_weight)
         values = values * sample_weight
 
-    if reduction in (None, "none") or tuple(values.shape) in ((), (0,)):
+    # Under several replicas an empty slice still reduces, so that every replica joins the
+    # cross-replica sum below.
+    empty_slice = tuple(values.shape) == (0,) and context is None
+    if reduction in (None, "none") or tuple(values.shape) == () or empty_slice:
         return values
     total = ops.sum(values)
     if reduction == "sum":
         return total
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
         divisor = ops.cast(ops.sum(sample_weight), dtype)
+    elif context is not None and mask is not None:
+        divisor = ops.sum(ops.cast(mask, dtype))
     else:
         divisor = _element_count(values, dtype)
+    if context is not None:
+        return ops.divide_no_nan(total, sum_over_replicas(context, divisor))
     return _scale_for_replicas(ops.divide_no_nan(total, divisor))
