@@ -41,12 +41,16 @@ def gather_with_local_rows_first(context, embeddings, labels):
     """
     import tensorflow as tf
 
-    # Gathered one by one: a batched gather concatenates its inputs, which needs one dtype.
-    all_embeddings = context.all_gather(embeddings, axis=0)
-    all_labels = context.all_gather(labels, axis=0)
-    rows_per_replica = context.all_gather(tf.shape(embeddings)[:1], axis=0)
-    rows_before = tf.reduce_sum(rows_per_replica[: context.replica_id_in_sync_group])
-    return (
-        tf.roll(all_embeddings, shift=-rows_before, axis=0),
-        tf.roll(all_labels, shift=-rows_before, axis=0),
-    )
+    # MultiWorkerMirroredStrategy with one device per worker traces replica code without a
+    # device scope, and all_gather needs to know the device its inputs live on.
+    device = embeddings.device or context.strategy.extended.worker_devices[0]
+    with tf.device(device):
+        # Gathered one by one: a batched gather concatenates its inputs, which needs one dtype.
+        all_embeddings = context.all_gather(tf.identity(embeddings), axis=0)
+        all_labels = context.all_gather(tf.identity(labels), axis=0)
+        rows_per_replica = context.all_gather(tf.shape(embeddings)[:1], axis=0)
+        rows_before = tf.reduce_sum(rows_per_replica[: context.replica_id_in_sync_group])
+        return (
+            tf.roll(all_embeddings, shift=-rows_before, axis=0),
+            tf.roll(all_labels, shift=-rows_before, axis=0),
+        )

@@ -19,7 +19,7 @@ def make_task(loss_name, seed=0):
     x = rng.normal(size=(64, 6)).astype("float32")
     classes = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0).astype("int64")
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((6,))
+    inputs = keras.Input((6,), name="inputs")
     if loss_name in ("hinge", "squared_hinge"):
         outputs = keras.layers.Dense(1)(inputs)
         y = (x[:, :1] > 0).astype("float32")
