@@ -7,13 +7,18 @@ losses use global counts and a global reference set instead. With no strategy, o
 with one replica, every helper is a no-op.
 """
 
+import warnings
+
 import keras
 
 
 def multi_replica_context():
     """The current ``tf.distribute`` replica context if it spans several replicas, else None.
 
-    Returns None in a cross-replica context and on backends other than TensorFlow.
+    Returns None in a cross-replica context, on backends other than TensorFlow, and inside an
+    XLA-compiled replica function of a non-TPU strategy: there, cross-replica collectives
+    cannot run (TensorFlow raises a merge_call error), so the losses fall back to Keras's
+    per-replica behaviour, and Circle warns once that it pairs within each replica only.
     """
     if keras.backend.backend() != "tensorflow":
         return None
@@ -22,7 +27,36 @@ def multi_replica_context():
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None
+    if _in_xla_region() and not isinstance(context.strategy, tf.distribute.TPUStrategy):
+        _warn_collectives_unavailable_once()
+        return None
     return context
+
+
+def _in_xla_region():
+    # TensorFlow's own test for tracing under XLA (used by its array gradients); private API.
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+_collectives_warned = False
+
+
+def _warn_collectives_unavailable_once():
+    global _collectives_warned
+    if not _collectives_warned:
+        _collectives_warned = True
+        warnings.warn(
+            "keras_margin: this replica function is compiled with XLA under a non-TPU "
+            "tf.distribute strategy, where cross-replica collectives cannot run. Losses reduce "
+            "each replica's slice as Keras does (exact only for equal slices), and Circle pairs "
+            "embeddings within each replica only. Compile the whole step with the strategy "
+            "(TPUStrategy) or leave the replica function uncompiled for global results.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def sum_over_replicas(context, value):

@@ -39,7 +39,12 @@ def single_device_step(task, loss, x, y, weights, initial):
     return float(value), [g.numpy() for g in grads]
 
 
-def distributed_step(strategy, task, loss, x, y, weights, initial, split):
+def distributed_step(strategy, task, loss, x, y, weights, initial, split, jit_replica=False):
+    """One step under ``strategy``: (loss summed over replicas, gradients summed over them).
+
+    With ``jit_replica`` the per-replica loss and gradients are compiled with XLA, as a TPU
+    would compile them; the gradient all-reduce stays outside that region.
+    """
     with strategy.scope():
         model, _, _ = make_task(task)
     model.set_weights(initial)
@@ -54,10 +59,16 @@ def distributed_step(strategy, task, loss, x, y, weights, initial, split):
 
     per_replica = strategy.experimental_distribute_values_from_function(slices)
 
+    def compute(x, y, w):
+        return loss_and_grads(model, loss, x, y, w)
+
+    if jit_replica:
+        compute = tf.function(compute, jit_compile=True)
+
     @tf.function
     def step(data):
         def replica_step(x, y, w):
-            value, grads = loss_and_grads(model, loss, x, y, w)
+            value, grads = compute(x, y, w)
             context = tf.distribute.get_replica_context()
             return value, context.all_reduce("sum", grads)
 
@@ -92,11 +103,17 @@ def check_custom_loop_steps(strategy):
                 got = distributed_step(
                     strategy, task, make_loss(reduction), x, y, weights, initial, split
                 )
-                case = f"{case_name}/{reduction}/split={split}"
-                if not np.allclose(got[0], want[0], rtol=1e-4, atol=1e-5):
-                    failures.append(f"{case}: loss {got[0]} != {want[0]}")
-                for g, w in zip(got[1], want[1], strict=True):
-                    if not np.allclose(g, w, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(w).max())):
-                        failures.append(f"{case}: gradient max err {np.abs(g - w).max()}")
-                        break
+                failures += mismatches(f"{case_name}/{reduction}/split={split}", got, want)
     return failures
+
+
+def mismatches(case, got, want):
+    """Describes how two (loss, gradients) results differ; empty if they agree."""
+    found = []
+    if not np.allclose(got[0], want[0], rtol=1e-4, atol=1e-5):
+        found.append(f"{case}: loss {got[0]} != {want[0]}")
+    for g, w in zip(got[1], want[1], strict=True):
+        if not np.allclose(g, w, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(w).max())):
+            found.append(f"{case}: gradient max err {np.abs(g - w).max()}")
+            break
+    return found

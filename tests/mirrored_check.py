@@ -8,6 +8,7 @@ step on a single device over the same global batch. Prints one JSON line of fail
 import json
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,6 +28,7 @@ from distributed_steps import (  # noqa: E402
     case_data,
     check_custom_loop_steps,
     distributed_step,
+    mismatches,
     single_device_step,
 )
 from tasks import make_task  # noqa: E402
@@ -40,6 +42,35 @@ def one_fit_step(strategy, task, loss, x, y, initial):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return model.get_weights()
+
+
+def check_xla_compiled_replicas(strategy):
+    """Replica functions compiled with XLA (the TPU path, as far as a CPU goes).
+
+    Collectives cannot run inside them on a non-TPU strategy, so keras_margin reduces each
+    slice as Keras does, which is exact for equal slices, and Circle pairs within replicas
+    (with a warning).
+    """
+    failures = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for case_name, make_loss in CASES.items():
+            failures += check_xla_compiled_replica(strategy, case_name, make_loss)
+    if not any("compiled with XLA" in str(w.message) for w in caught):
+        failures.append("xla: no warning that collectives are unavailable")
+    return failures
+
+
+def check_xla_compiled_replica(strategy, case_name, make_loss):
+    task, x, y, weights, initial = case_data(case_name)
+    loss = make_loss("sum_over_batch_size")
+    got = distributed_step(strategy, task, loss, x, y, weights, initial, 12, jit_replica=True)
+    if case_name.startswith("circle"):
+        keras_loss = keras.losses.Circle(gamma=16.0)
+        want = distributed_step(strategy, task, keras_loss, x, y, weights, initial, 12)
+    else:
+        want = single_device_step(task, loss, x, y, weights, initial)
+    return mismatches(f"{case_name}/xla", got, want)
 
 
 def main():
@@ -72,6 +103,7 @@ def main():
         )
     if np.isclose(ours[0], global_loss[0], rtol=1e-2):
         failures.append("cross_replica=False unexpectedly equals the global loss")
+    failures += check_xla_compiled_replicas(strategy)
     print(json.dumps(failures))
 
 
