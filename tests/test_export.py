@@ -82,12 +82,27 @@ def test_loss_endpoint_uses_stock_ops_by_default(tmp_path):
 
 
 def test_fused_loss_endpoint_needs_the_op_library(tmp_path):
-    request, _ = export_with_loss_endpoint(
+    request, expected = export_with_loss_endpoint(
         str(tmp_path / "fused"), losses.Circle(implementation="fused")
     )
     reply = probe_in_fresh_process({"fused": request})["fused"]
     assert "KerasMargin>CircleLoss" in reply["op_types"]
     assert "not registered" in reply["error"] or "KerasMargin" in reply["error"]
+
+    # With the op library loaded first, the same SavedModel loads and computes the loss.
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from keras_margin.ops import custom_op_available\n"
+        "assert custom_op_available()\n"
+        f"data = np.load({request['npz']!r})\n"
+        f"fn = tf.saved_model.load({request['path']!r}).signatures['compute_loss']\n"
+        "print(float(fn(inputs=tf.constant(data['x']), labels=tf.constant(data['y']))['loss']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(float(result.stdout.strip().splitlines()[-1]), expected, rtol=1e-4)
 
 
 def test_add_loss_endpoint_rejects_bad_arguments():
