@@ -20,6 +20,22 @@ struct CircleAttrs {
   bool self_reference = false;
 };
 
+// The saved per-row state is accumulated in float for half, bfloat16 and float
+// inputs, and in double for double inputs.
+inline tensorflow::Status CheckStateType(tensorflow::DataType t,
+                                         tensorflow::DataType tstate) {
+  const tensorflow::DataType expected = t == tensorflow::DT_DOUBLE
+                                            ? tensorflow::DT_DOUBLE
+                                            : tensorflow::DT_FLOAT;
+  if (tstate != expected) {
+    return tensorflow::errors::InvalidArgument(
+        "Tstate must be ", tensorflow::DataTypeString(expected), " when T is ",
+        tensorflow::DataTypeString(t), ", got ",
+        tensorflow::DataTypeString(tstate));
+  }
+  return tensorflow::Status();
+}
+
 // Reads and checks the attributes common to both ops; `ctx` is an
 // OpKernelConstruction or an XlaOpKernelContext's construction.
 template <typename Ctx>
@@ -39,16 +55,7 @@ tensorflow::Status ReadCircleAttrs(Ctx* ctx, CircleAttrs* attrs) {
   tensorflow::DataType t, tstate;
   TF_RETURN_IF_ERROR(ctx->GetAttr("T", &t));
   TF_RETURN_IF_ERROR(ctx->GetAttr("Tstate", &tstate));
-  const tensorflow::DataType expected = t == tensorflow::DT_DOUBLE
-                                            ? tensorflow::DT_DOUBLE
-                                            : tensorflow::DT_FLOAT;
-  if (tstate != expected) {
-    return tensorflow::errors::InvalidArgument(
-        "Tstate must be ", tensorflow::DataTypeString(expected), " when T is ",
-        tensorflow::DataTypeString(t), ", got ",
-        tensorflow::DataTypeString(tstate));
-  }
-  return tensorflow::Status();
+  return CheckStateType(t, tstate);
 }
 
 inline tensorflow::Status CheckRank(const char* name,

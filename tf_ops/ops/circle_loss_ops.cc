@@ -7,6 +7,7 @@
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf_ops/kernels/circle_loss_validation.h"
 
 namespace keras_margin {
 namespace {
@@ -34,19 +35,10 @@ Status CircleInputShapes(InferenceContext* c, int first, DimensionHandle* n,
   bool self_reference;
   TF_RETURN_IF_ERROR(c->GetAttr("self_reference", &self_reference));
   if (self_reference) TF_RETURN_IF_ERROR(c->Merge(*n, m, n));
-  // The state is accumulated in float for half, bfloat16 and float inputs.
   DataType t, tstate;
   TF_RETURN_IF_ERROR(c->GetAttr("T", &t));
   TF_RETURN_IF_ERROR(c->GetAttr("Tstate", &tstate));
-  const DataType expected =
-      t == tensorflow::DT_DOUBLE ? tensorflow::DT_DOUBLE : tensorflow::DT_FLOAT;
-  if (tstate != expected) {
-    return tensorflow::errors::InvalidArgument(
-        "Tstate must be ", tensorflow::DataTypeString(expected), " when T is ",
-        tensorflow::DataTypeString(t), ", got ",
-        tensorflow::DataTypeString(tstate));
-  }
-  return Status();
+  return CheckStateType(t, tstate);
 }
 
 }  // namespace
