@@ -262,6 +262,25 @@ inline void ExpSumLanes(const Acc* row, const int32_t* rl, int64_t c,
   }
 }
 
+// Forward pass 2 with one exponential per pair: exp(logit - ref), ref the
+// tile-wide reference of the pair's set, summed per set for the row and per
+// column.
+template <typename V, typename Acc>
+inline void SharedExpLanes(const Acc* row, const int32_t* rl, int64_t c,
+                           int32_t label, int32_t diag, Acc tp, Acc tn, V& vsp,
+                           V& vsn, Acc* csp, Acc* csn) {
+  const Membership<V> mb = Classify<V>(rl, c, label, diag);
+  const V zero = Splat<V>(Acc(0));
+  const V e =
+      Exp(Load<V>(row + c) - Select(mb.pos, Splat<V>(tp), Splat<V>(tn)));
+  const V ep = Select(mb.pos, e, zero);
+  const V en = Select(mb.neg, e, zero);
+  vsp = vsp + ep;
+  vsn = vsn + en;
+  Store(csp + c, Load<V>(csp + c) + ep);
+  Store(csn + c, Load<V>(csn + c) + en);
+}
+
 // Backward: similarity -> dloss/ds in place. `g` is the row's upstream
 // gradient times sigmoid(lse_pos + lse_neg); `lp`/`ln` its log-sum-exps, +inf
 // for an empty set so that exp() of them is 0 rather than NaN. With kCols the
@@ -280,6 +299,26 @@ inline void GradLanes(const Consts<Acc>& k, Acc* row, const int32_t* rl,
     w = w + Load<V>(gc + c) *
                 Exp(l - Select(mb.pos, Load<V>(lpc + c), Load<V>(lnc + c)));
   }
+  const auto active = MaskAnd(MaskOr(mb.pos, mb.neg), u >= zero);
+  Store(row + c, Select(active, -(w * LogitSlope(k, d, mb.pos)), zero));
+}
+
+// Backward with one exponential per pair for the (G + G^T) tile: the weight
+// g_i exp(l - lse_i) + g_j exp(l - lse_j) as exp(l - ref) (p_i + q_j), with
+// p_i = g_i exp(ref - lse_i) and q_j = g_j exp(ref - lse_j) per set.
+template <typename V, typename Acc>
+inline void SharedGradLanes(const Consts<Acc>& k, Acc* row, const int32_t* rl,
+                            int64_t c, int32_t label, int32_t diag, Acc tp,
+                            Acc tn, Acc pp, Acc pn, const Acc* qp,
+                            const Acc* qn) {
+  const Membership<V> mb = Classify<V>(rl, c, label, diag);
+  const V zero = Splat<V>(Acc(0));
+  const V u = Splat<V>(Acc(1)) - Load<V>(row + c);
+  const V d = Max(u, zero);
+  const V l = Logit(k, d, mb.pos);
+  const V e = Exp(l - Select(mb.pos, Splat<V>(tp), Splat<V>(tn)));
+  const V w = e * Select(mb.pos, Splat<V>(pp) + Load<V>(qp + c),
+                         Splat<V>(pn) + Load<V>(qn + c));
   const auto active = MaskAnd(MaskOr(mb.pos, mb.neg), u >= zero);
   Store(row + c, Select(active, -(w * LogitSlope(k, d, mb.pos)), zero));
 }
@@ -543,6 +582,46 @@ class CircleEngine {
     return max;
   }
 
+  // Span of the maxima within which one reference serves a whole tile.
+  static constexpr Acc kSharedSpan = Acc(100);
+  // Middle of the finite values of a[0:na] and b[0:nb] when they span at most
+  // kSharedSpan (0 when none is finite); false otherwise.
+  static bool SharedReference(const Acc* a, int64_t na, const Acc* b,
+                              int64_t nb, Acc& ref) {
+    Acc lo = kPosInf<Acc>, hi = kNegInf<Acc>;
+    for (int64_t k = 0; k < na; ++k) {
+      if (std::isnan(a[k])) return false;  // The exact path propagates it.
+      if (a[k] != kNegInf<Acc>) {
+        lo = std::min(lo, a[k]);
+        hi = std::max(hi, a[k]);
+      }
+    }
+    for (int64_t k = 0; k < nb; ++k) {
+      if (std::isnan(b[k])) return false;  // The exact path propagates it.
+      if (b[k] != kNegInf<Acc>) {
+        lo = std::min(lo, b[k]);
+        hi = std::max(hi, b[k]);
+      }
+    }
+    if (hi < lo) {
+      ref = Acc(0);
+      return true;
+    }
+    if (!(hi - lo <= kSharedSpan)) return false;
+    ref = lo + (hi - lo) / Acc(2);
+    return true;
+  }
+  // Adds a tile's sum of exp(l - ref), whose largest l is tile_max, to a
+  // running (max, sum) log-sum-exp state.
+  static void Fold(Acc tile_max, Acc ref, Acc tile_sum, Acc& max, Acc& sum) {
+    if (tile_max == kNegInf<Acc>) return;
+    if (tile_max > max) {
+      if (sum > Acc(0)) sum *= std::exp(max - tile_max);
+      max = tile_max;
+    }
+    sum += tile_sum * std::exp(ref - max);
+  }
+
   template <bool kCols>
   void ForwardTile(int64_t row_block, int64_t col_block) {
     using W = typename Wide<Acc>::type;
@@ -578,11 +657,55 @@ class CircleEngine {
       for (; c < cols; ++c) {
         LogitLanes<Acc, Acc, kCols>(k_, row, rl, c, label, diag, smp, smn, cmp, cmn);
       }
-      rmp[r] = Rebase(std::max<Acc>(HMax(vmp), smp), max_pos_[i], sum_pos_[i]);
-      rmn[r] = Rebase(std::max<Acc>(HMax(vmn), smn), max_neg_[i], sum_neg_[i]);
-      if (!kCols) ExpSumRow<false>(r, rs, cs, s, rmp, rmn, cmp, cmn, csp, csn);
+      rmp[r] = std::max<Acc>(HMax(vmp), smp);
+      rmn[r] = std::max<Acc>(HMax(vmn), smn);
+      if (!kCols) {
+        rmp[r] = Rebase(rmp[r], max_pos_[i], sum_pos_[i]);
+        rmn[r] = Rebase(rmn[r], max_neg_[i], sum_neg_[i]);
+        ExpSumRow<false>(r, rs, cs, s, rmp, rmn, cmp, cmn, csp, csn);
+      }
     }
     if (!kCols) return;
+    // One exponential per pair serves both directions when the tile's row
+    // and column maxima of each set lie within kSharedSpan of each other:
+    // e = exp(l - T) with T the middle of that range, and every row's and
+    // column's own maximum then has |max - T| <= kSharedSpan / 2, far from
+    // overflow, while the terms that underflow are below e^-(87 - 50)
+    // relative to their row's and column's maxima.
+    Acc tp, tn;
+    if (SharedReference(rmp, rs.size, cmp, cols, tp) &&
+        SharedReference(rmn, rs.size, cmn, cols, tn)) {
+      for (int64_t r = 0; r < rs.size; ++r) {
+        const int64_t i = rs.begin + r;
+        const int32_t label = p_.labels[i];
+        const int32_t diag = DiagColumn(i, cs.begin, cols);
+        const Acc* row = s + r * cols;
+        W vsp = Splat<W>(Acc(0)), vsn = vsp;
+        Acc ssp = 0, ssn = 0;
+        int64_t c = 0;
+        for (; c < vec_end; c += kWidth) {
+          SharedExpLanes<W, Acc>(row, rl, c, label, diag, tp, tn, vsp, vsn,
+                                 csp, csn);
+        }
+        for (; c < cols; ++c) {
+          SharedExpLanes<Acc, Acc>(row, rl, c, label, diag, tp, tn, ssp, ssn,
+                                   csp, csn);
+        }
+        Fold(rmp[r], tp, HSum(vsp) + ssp, max_pos_[i], sum_pos_[i]);
+        Fold(rmn[r], tn, HSum(vsn) + ssn, max_neg_[i], sum_neg_[i]);
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t j = cs.begin + c;
+        Fold(cmp[c], tp, csp[c], max_pos_[j], sum_pos_[j]);
+        Fold(cmn[c], tn, csn[c], max_neg_[j], sum_neg_[j]);
+      }
+      return;
+    }
+    for (int64_t r = 0; r < rs.size; ++r) {
+      const int64_t i = rs.begin + r;
+      rmp[r] = Rebase(rmp[r], max_pos_[i], sum_pos_[i]);
+      rmn[r] = Rebase(rmn[r], max_neg_[i], sum_neg_[i]);
+    }
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t j = cs.begin + c;
       cmp[c] = Rebase(cmp[c], max_pos_[j], sum_pos_[j]);
@@ -652,6 +775,77 @@ class CircleEngine {
     }
   }
 
+  // GradTile<true> with one exponential per pair; false (tile untouched)
+  // when the tile's finite log-sum-exps of a set span more than kSharedSpan.
+  // Then every active pair has l <= lse <= ref + kSharedSpan / 2, and the
+  // terms that underflow are below e^-(87 - 50) of their row's weight.
+  bool SharedGradTile(const Span& rs, const Span& cs, Acc* s) const {
+    using W = typename Wide<Acc>::type;
+    constexpr int64_t kWidth = Wide<Acc>::kWidth;
+    const int64_t cols = cs.size;
+    const int64_t vec_end = cols / kWidth * kWidth;
+    Acc tp, tn;
+    if (!FiniteReference(pos_ref_.data() + rs.begin, rs.size,
+                         pos_ref_.data() + cs.begin, cols, tp) ||
+        !FiniteReference(neg_ref_.data() + rs.begin, rs.size,
+                         neg_ref_.data() + cs.begin, cols, tn)) {
+      return false;
+    }
+    std::unique_ptr<Acc[]> buf(new Acc[2 * cols]);
+    Acc* qp = buf.get();
+    Acc* qn = qp + cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t j = cs.begin + c;
+      qp[c] = scale_[j] * std::exp(tp - pos_ref_[j]);
+      qn[c] = scale_[j] * std::exp(tn - neg_ref_[j]);
+    }
+    const int32_t* rl = ref_labels_ + cs.begin;
+    for (int64_t r = 0; r < rs.size; ++r) {
+      const int64_t i = rs.begin + r;
+      const int32_t label = p_.labels[i];
+      const int32_t diag = DiagColumn(i, cs.begin, cols);
+      const Acc pp = scale_[i] * std::exp(tp - pos_ref_[i]);
+      const Acc pn = scale_[i] * std::exp(tn - neg_ref_[i]);
+      Acc* row = s + r * cols;
+      int64_t c = 0;
+      for (; c < vec_end; c += kWidth) {
+        SharedGradLanes<W, Acc>(k_, row, rl, c, label, diag, tp, tn, pp, pn,
+                                qp, qn);
+      }
+      for (; c < cols; ++c) {
+        SharedGradLanes<Acc, Acc>(k_, row, rl, c, label, diag, tp, tn, pp, pn,
+                                  qp, qn);
+      }
+    }
+    return true;
+  }
+  // SharedReference over the finite values (+inf marks an empty set).
+  static bool FiniteReference(const Acc* a, int64_t na, const Acc* b,
+                              int64_t nb, Acc& ref) {
+    Acc lo = kPosInf<Acc>, hi = kNegInf<Acc>;
+    for (int64_t k = 0; k < na; ++k) {
+      if (std::isnan(a[k])) return false;  // The exact path propagates it.
+      if (a[k] != kPosInf<Acc>) {
+        lo = std::min(lo, a[k]);
+        hi = std::max(hi, a[k]);
+      }
+    }
+    for (int64_t k = 0; k < nb; ++k) {
+      if (std::isnan(b[k])) return false;  // The exact path propagates it.
+      if (b[k] != kPosInf<Acc>) {
+        lo = std::min(lo, b[k]);
+        hi = std::max(hi, b[k]);
+      }
+    }
+    if (hi < lo) {
+      ref = Acc(0);
+      return true;
+    }
+    if (!(hi - lo <= kSharedSpan)) return false;
+    ref = lo + (hi - lo) / Acc(2);
+    return true;
+  }
+
   void BackwardTile(int64_t row_block, int64_t col_block) {
     const Span rs = RowSpan(row_block);
     const Span cs = ColSpan(col_block);
@@ -678,7 +872,7 @@ class CircleEngine {
       }
       products_.AddTimesRef(g, rs.size, cs.begin, cs.size, gx_rows);
     } else {
-      GradTile<true>(rs, cs, g);
+      if (!SharedGradTile(rs, cs, g)) GradTile<true>(rs, cs, g);
       products_.AddTimesRef(g, rs.size, cs.begin, cs.size, gx_rows);
       products_.AddTransposedTimesX(g, rs.begin, rs.size, cs.size,
                                     grad_x_ + cs.begin * dim);
