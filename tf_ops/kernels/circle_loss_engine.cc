@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "Eigen/Core"
@@ -584,23 +585,19 @@ class CircleEngine {
 
   // Span of the maxima within which one reference serves a whole tile.
   static constexpr Acc kSharedSpan = Acc(100);
-  // Middle of the finite values of a[0:na] and b[0:nb] when they span at most
-  // kSharedSpan (0 when none is finite); false otherwise.
+  // Middle of the values of a[0:na] and b[0:nb], skipping those equal to
+  // `empty` (the marker of an empty set), when they span at most kSharedSpan
+  // (0 when all are skipped); false otherwise.
   static bool SharedReference(const Acc* a, int64_t na, const Acc* b,
-                              int64_t nb, Acc& ref) {
+                              int64_t nb, Acc empty, Acc& ref) {
     Acc lo = kPosInf<Acc>, hi = kNegInf<Acc>;
-    for (int64_t k = 0; k < na; ++k) {
-      if (std::isnan(a[k])) return false;  // The exact path propagates it.
-      if (a[k] != kNegInf<Acc>) {
-        lo = std::min(lo, a[k]);
-        hi = std::max(hi, a[k]);
-      }
-    }
-    for (int64_t k = 0; k < nb; ++k) {
-      if (std::isnan(b[k])) return false;  // The exact path propagates it.
-      if (b[k] != kNegInf<Acc>) {
-        lo = std::min(lo, b[k]);
-        hi = std::max(hi, b[k]);
+    for (const auto& [values, count] : {std::pair{a, na}, std::pair{b, nb}}) {
+      for (int64_t k = 0; k < count; ++k) {
+        if (std::isnan(values[k])) return false;  // The exact path propagates it.
+        if (values[k] != empty) {
+          lo = std::min(lo, values[k]);
+          hi = std::max(hi, values[k]);
+        }
       }
     }
     if (hi < lo) {
@@ -673,8 +670,9 @@ class CircleEngine {
     // overflow, while the terms that underflow are below e^-(87 - 50)
     // relative to their row's and column's maxima.
     Acc tp, tn;
-    if (SharedReference(rmp, rs.size, cmp, cols, tp) &&
-        SharedReference(rmn, rs.size, cmn, cols, tn)) {
+    // A -inf maximum marks a set with no member in that row or column.
+    if (SharedReference(rmp, rs.size, cmp, cols, kNegInf<Acc>, tp) &&
+        SharedReference(rmn, rs.size, cmn, cols, kNegInf<Acc>, tn)) {
       for (int64_t r = 0; r < rs.size; ++r) {
         const int64_t i = rs.begin + r;
         const int32_t label = p_.labels[i];
@@ -785,10 +783,11 @@ class CircleEngine {
     const int64_t cols = cs.size;
     const int64_t vec_end = cols / kWidth * kWidth;
     Acc tp, tn;
-    if (!FiniteReference(pos_ref_.data() + rs.begin, rs.size,
-                         pos_ref_.data() + cs.begin, cols, tp) ||
-        !FiniteReference(neg_ref_.data() + rs.begin, rs.size,
-                         neg_ref_.data() + cs.begin, cols, tn)) {
+    // Here +inf marks an empty set.
+    if (!SharedReference(pos_ref_.data() + rs.begin, rs.size,
+                         pos_ref_.data() + cs.begin, cols, kPosInf<Acc>, tp) ||
+        !SharedReference(neg_ref_.data() + rs.begin, rs.size,
+                         neg_ref_.data() + cs.begin, cols, kPosInf<Acc>, tn)) {
       return false;
     }
     std::unique_ptr<Acc[]> buf(new Acc[2 * cols]);
@@ -817,32 +816,6 @@ class CircleEngine {
                                   qp, qn);
       }
     }
-    return true;
-  }
-  // SharedReference over the finite values (+inf marks an empty set).
-  static bool FiniteReference(const Acc* a, int64_t na, const Acc* b,
-                              int64_t nb, Acc& ref) {
-    Acc lo = kPosInf<Acc>, hi = kNegInf<Acc>;
-    for (int64_t k = 0; k < na; ++k) {
-      if (std::isnan(a[k])) return false;  // The exact path propagates it.
-      if (a[k] != kPosInf<Acc>) {
-        lo = std::min(lo, a[k]);
-        hi = std::max(hi, a[k]);
-      }
-    }
-    for (int64_t k = 0; k < nb; ++k) {
-      if (std::isnan(b[k])) return false;  // The exact path propagates it.
-      if (b[k] != kPosInf<Acc>) {
-        lo = std::min(lo, b[k]);
-        hi = std::max(hi, b[k]);
-      }
-    }
-    if (hi < lo) {
-      ref = Acc(0);
-      return true;
-    }
-    if (!(hi - lo <= kSharedSpan)) return false;
-    ref = lo + (hi - lo) / Acc(2);
     return true;
   }
 
