@@ -103,18 +103,23 @@ def value_and_grad(loss_obj, y_true, y_pred, sample_weight, dtype, mode):
     return value.numpy().astype(np.float64), grad.numpy().astype(np.float64)
 
 
-def assert_matches_keras(loss, reduction, dtype, weighting, mode, rng, case_index):
+def loss_pair(loss, **config):
+    """The keras_margin loss and its Keras counterpart, configured alike.
+
+    ``implementation`` is keras_margin's own argument, so Keras does not get it.
+    """
     ours_cls, keras_cls, kwargs = LOSS_PAIRS[loss]
     keras_kwargs = {k: v for k, v in kwargs.items() if k != "implementation"}
+    return ours_cls(**config, **kwargs), keras_cls(**config, **keras_kwargs)
+
+
+def assert_matches_keras(loss, reduction, dtype, weighting, mode, rng, case_index):
     y_true, y_pred, loss_shape = make_inputs(loss, rng, case_index)
     weights = make_weights(weighting, loss_shape, rng)
-    ours = value_and_grad(
-        ours_cls(reduction=reduction, dtype=dtype, **kwargs), y_true, y_pred, weights, dtype, mode
+    ours, theirs = (
+        value_and_grad(loss_obj, y_true, y_pred, weights, dtype, mode)
+        for loss_obj in loss_pair(loss, reduction=reduction, dtype=dtype)
     )
-    theirs = value_and_grad(
-        keras_cls(reduction=reduction, dtype=dtype, **keras_kwargs),
-        y_true, y_pred, weights, dtype, mode,
-    )  # fmt: skip
     tol = TOLERANCE[dtype]
     if loss == "circle_fused":
         # The op sums in another order than Keras; gamma (64 here) scales the logits and with
@@ -164,17 +169,12 @@ def test_case_count_covers_acceptance():
 
 @pytest.mark.parametrize(("loss", "reduction"), itertools.product(LOSS_PAIRS, REDUCTIONS))
 def test_keras_mask_on_predictions_matches_keras(loss, reduction, rng):
-    ours_cls, keras_cls, kwargs = LOSS_PAIRS[loss]
     y_true, y_pred, loss_shape = make_inputs(loss, rng, case_index=1)
     if not loss_shape:
         pytest.fail("case_index=1 must give per-sample losses")
     mask = tf.constant(rng.random(loss_shape) > 0.3)
-    keras_kwargs = {k: v for k, v in kwargs.items() if k != "implementation"}
     values = []
-    for loss_obj in (
-        ours_cls(reduction=reduction, **kwargs),
-        keras_cls(reduction=reduction, **keras_kwargs),
-    ):
+    for loss_obj in loss_pair(loss, reduction=reduction):
         masked = tf.constant(y_pred, tf.float32)
         set_keras_mask(masked, mask)
         values.append(loss_obj(y_true, masked).numpy())

@@ -1,11 +1,29 @@
-"""The base class shared by every keras_margin loss."""
+"""The base class shared by every keras_margin loss, and its argument checks."""
+
+import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import get_keras_mask
 from keras_margin.losses.labels import class_ids
 from keras_margin.losses.reduction import reduce_losses, validate_reduction
+
+
+def validate_finite(name, value):
+    """Returns ``value`` as a Python float if it is a finite real number, else raises.
+
+    Raises:
+        TypeError: ``value`` is not a real number (bools are rejected too).
+        ValueError: ``value`` is NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
+    return float(value)
+
 
 # The argument docs every loss class shares, formatted into their docstrings.
 REDUCTION_DOC = """reduction: How per-sample losses are reduced. Supported options are `"sum"`,

@@ -1,6 +1,5 @@
 """Circle loss (Sun et al., 2020) for embedding and retrieval models."""
 
-import math
 import warnings
 
 import keras
@@ -9,27 +8,19 @@ from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
 from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
-from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
 
 
-def _validate_finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
-    return float(value)
-
-
 def validate_circle_args(gamma, margin, remove_diagonal):
     """Checks Circle's hyper-parameters and returns them as Python floats and bool."""
-    gamma = _validate_finite("gamma", gamma)
+    gamma = validate_finite("gamma", gamma)
     if gamma <= 0:
         raise ValueError(f"Argument `gamma` must be positive; received gamma={gamma!r}.")
     if not isinstance(remove_diagonal, (bool, np.bool_)):
         raise TypeError(f"Argument `remove_diagonal` must be a bool; received {remove_diagonal!r}.")
-    return gamma, _validate_finite("margin", margin), bool(remove_diagonal)
+    return gamma, validate_finite("margin", margin), bool(remove_diagonal)
 
 
 IMPLEMENTATIONS = ("auto", "fused", "composite")

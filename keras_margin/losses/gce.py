@@ -1,12 +1,9 @@
 """Generalized cross entropy (Zhang & Sabuncu, 2018) for noisy labels."""
 
-import math
-
 import keras
-import numpy as np
 from keras import ops
 
-from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
 from keras_margin.losses.labels import class_ids, squeeze_class_axis
 from keras_margin.registry import export_loss
 
@@ -19,11 +16,10 @@ _FLOAT16_PROBABILITY_FLOOR = 2.0**-14
 
 def validate_q(q):
     """Returns ``q`` if it is a finite number in (0, 1), else raises a ``ValueError``."""
-    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Argument `q` must be a float in (0, 1); received q={q!r}.")
-    if not (math.isfinite(q) and 0 < q < 1):
+    q = validate_finite("q", q)
+    if not 0 < q < 1:
         raise ValueError(f"Argument `q` must be in the open interval (0, 1); received q={q!r}.")
-    return float(q)
+    return q
 
 
 def _probability_floor(dtype):
