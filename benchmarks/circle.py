@@ -52,20 +52,21 @@ BYTES_PER_PAIR = {
 MEMORY_FRACTION = 0.6  # of MemTotal: leaves room for the baseline and the rest of the machine
 
 
-def _mem_total_bytes() -> int:
-    with open("/proc/meminfo") as f:
+def _proc_kib_field(path: str, field: str) -> int:
+    """A "Field:  N kB" line of a /proc file, in bytes."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("MemTotal not found")
+    raise RuntimeError(f"{field} not found in {path}")
+
+
+def _mem_total_bytes() -> int:
+    return _proc_kib_field("/proc/meminfo", "MemTotal")
 
 
 def _vm_hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
+    return _proc_kib_field("/proc/self/status", "VmHWM")
 
 
 def estimated_bytes(mode: str, n: int) -> int | None:
