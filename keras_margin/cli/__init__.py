@@ -2,7 +2,7 @@
 
 keras-margin train CONFIG [--out DIR] [--set key=value ...] [--overwrite]
 keras-margin evaluate DIR
-keras-margin bench [--quick]
+keras-margin bench [--quick] [benchmarks/circle.py options]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def bench(args):
             f"{BENCHMARK_SCRIPT} not found; the benchmark runs from a source checkout "
             "(python -m pip install -e . in a clone of keras_margin)"
         )
-    command = [sys.executable, str(BENCHMARK_SCRIPT), "--no-write"]
+    command = [sys.executable, str(BENCHMARK_SCRIPT), "--no-write", *args.script_options]
     return subprocess.call(command + (["--quick"] if args.quick else []))
 
 
@@ -151,14 +151,21 @@ def parser():
     check = commands.add_parser("evaluate", help="reload a run's models and redo its metrics")
     check.add_argument("dir", help="a directory written by `keras-margin train`")
     check.set_defaults(handler=evaluate)
-    speed = commands.add_parser("bench", help="time the fused Circle op against Keras")
+    speed = commands.add_parser(
+        "bench",
+        help="time the fused Circle op against Keras",
+        epilog="Other options, such as --n 4096 --d 128, go to benchmarks/circle.py.",
+    )
     speed.add_argument("--quick", action="store_true", help="two sizes, fewer repeats")
     speed.set_defaults(handler=bench)
     return root
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    root = parser()
+    args, args.script_options = root.parse_known_args(argv)
+    if args.script_options and args.handler is not bench:
+        root.error(f"unrecognized arguments: {' '.join(args.script_options)}")
     try:
         return args.handler(args) or 0
     except CommandError as error:

@@ -60,9 +60,9 @@ LOSS_KINDS = {
 
 
 def _type_name(value):
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}
+    names.update({int: "an integer", float: "a number"})
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _integer(low, high=None):
