@@ -7,7 +7,6 @@ import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import get_keras_mask
-from keras_margin.losses.labels import class_ids
 from keras_margin.losses.reduction import reduce_losses, validate_reduction
 
 
@@ -102,4 +101,6 @@ class ClassIdLoss(MarginLoss):
     """A ``MarginLoss`` whose labels are integer class ids, kept out of the float dtype."""
 
     def convert_labels(self, y_true):
-        return class_ids(y_true)
+        # The loss function checks and converts them; casting here to the loss dtype could
+        # round large ids (bfloat16 holds integers exactly only up to 256).
+        return ops.convert_to_tensor(y_true)

@@ -9,6 +9,14 @@ from keras import ops
 from keras_margin._keras_internals import set_keras_mask
 from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
+from keras_margin.losses.checks import (
+    guard,
+    nan_where_invalid,
+    require_columns,
+    require_float,
+    require_rank,
+    require_same_size,
+)
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
 
@@ -78,15 +86,29 @@ def _fused_op_usable(implementation):
     return False
 
 
-def _flat_class_ids(labels, name):
-    labels = class_ids(labels, name)
+def _embeddings(x, name, dtype=None):
+    x = ops.convert_to_tensor(x, dtype=dtype)
+    require_float(x, name)
+    require_rank(x, name, 2, "(rows, embedding size)")
+    require_columns(x, name)
+    return x
+
+
+def _class_ids_per_row(labels, name, embeddings, embeddings_name):
+    """Flat class ids, one per row of ``embeddings``, and which are whole numbers.
+
+    Any integer is a valid id, negative or beyond int32 included: ids are only compared.
+    """
+    labels, whole = class_ids(labels, name)
     if len(labels.shape) == 2 and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, -1)
+        whole = None if whole is None else ops.squeeze(whole, -1)
     if len(labels.shape) != 1:
         raise ValueError(
             f"Argument `{name}` must have shape (N,) or (N, 1); received shape {labels.shape}."
         )
-    return labels
+    labels = require_same_size(embeddings, embeddings_name, labels, name)
+    return guard(whole, f"Argument `{name}` must hold whole-number class ids", labels), whole
 
 
 def pairwise_circle_loss(
@@ -192,12 +214,21 @@ def circle(
     """
     gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
     use_fused = _fused_op_usable(validate_implementation(implementation))
-    embeddings = ops.convert_to_tensor(y_pred)
-    labels = _flat_class_ids(y_true, "y_true")
+    embeddings = _embeddings(y_pred, "y_pred")
+    labels, valid = _class_ids_per_row(y_true, "y_true", embeddings, "y_pred")
     if ref_embeddings is not None:
-        ref_embeddings = ops.convert_to_tensor(ref_embeddings, dtype=embeddings.dtype)
+        ref_embeddings = _embeddings(ref_embeddings, "ref_embeddings", embeddings.dtype)
+        ref_embeddings = require_same_size(
+            embeddings, "y_pred", ref_embeddings, "ref_embeddings", axis=1, what="columns"
+        )
     if ref_labels is not None:
-        ref_labels = _flat_class_ids(ref_labels, "ref_labels")
+        references, name = (
+            (embeddings, "y_pred") if ref_embeddings is None else (ref_embeddings, "ref_embeddings")
+        )
+        ref_labels, ref_valid = _class_ids_per_row(ref_labels, "ref_labels", references, name)
+        if ref_valid is not None:
+            every_ref = ops.all(ref_valid)
+            valid = every_ref if valid is None else ops.logical_and(valid, every_ref)
     context = multi_replica_context() if cross_replica else None
     if context is not None and ref_embeddings is None and ref_labels is None:
         ref_embeddings, ref_labels = gather_with_local_rows_first(context, embeddings, labels)
@@ -217,6 +248,7 @@ def circle(
             labels if ref_labels is None else ref_labels,
             **hyperparameters,
         )
+    losses = nan_where_invalid(losses, valid)
     set_keras_mask(losses, losses > 0)
     return losses
 

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
+from keras_margin.losses.checks import guard, nan_where_invalid, require_float, require_same_size
 from keras_margin.losses.labels import class_ids, squeeze_class_axis
 from keras_margin.registry import export_loss
 
@@ -26,6 +27,29 @@ def _probability_floor(dtype):
     if keras.backend.standardize_dtype(dtype) == "float16":
         return _FLOAT16_PROBABILITY_FLOOR
     return _PROBABILITY_FLOOR
+
+
+def _checked_labels(y_true, y_pred):
+    """Class ids with one per row of ``y_pred``, and which are valid ids of its columns."""
+    labels, whole = class_ids(y_true)
+    labels = squeeze_class_axis(labels, y_pred)
+    whole = None if whole is None else squeeze_class_axis(whole, y_pred)
+    rows = y_pred.shape[:-1]
+    if len(y_pred.shape) < 1 or len(labels.shape) != len(rows):
+        raise ValueError(
+            f"Argument `y_true` must hold one class id per row of `y_pred` {y_pred.shape}, shape "
+            f"{rows} or {rows + (1,)}; received shape {y_true.shape}."
+        )
+    for axis in range(len(rows)):
+        what = "rows" if axis == 0 else f"entries on axis {axis}"
+        labels = require_same_size(y_pred, "y_pred", labels, "y_true", axis, what)
+    num_classes = y_pred.shape[-1] or ops.shape(y_pred)[-1]
+    valid = ops.logical_and(labels >= 0, labels < ops.cast(num_classes, labels.dtype))
+    if whole is not None:
+        valid = ops.logical_and(valid, whole)
+    columns = y_pred.shape[-1] if y_pred.shape[-1] is not None else "the columns of `y_pred`"
+    message = f"Argument `y_true` must hold whole-number class ids in [0, {columns})"
+    return guard(valid, message, labels), valid
 
 
 @ops.custom_gradient
@@ -81,10 +105,12 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
     """
     q = validate_q(q)
     y_pred = ops.convert_to_tensor(y_pred)
-    labels = squeeze_class_axis(class_ids(y_true), y_pred)
-    p = _true_class_probability(y_pred, labels)
+    require_float(y_pred, "y_pred")
+    labels, valid = _checked_labels(y_true, y_pred)
+    safe_labels = labels if valid is None else ops.where(valid, labels, ops.zeros_like(labels))
+    p = _true_class_probability(y_pred, safe_labels)
     p = ops.maximum(p, ops.cast(_probability_floor(y_pred.dtype), y_pred.dtype))
-    return (1.0 - ops.power(p, q)) / q
+    return nan_where_invalid((1.0 - ops.power(p, q)) / q, valid)
 
 
 @export_loss(function=categorical_generalized_cross_entropy)

@@ -3,23 +3,31 @@
 from keras import ops
 
 from keras_margin.losses.base import REDUCTION_DOC, MarginLoss
+from keras_margin.losses.checks import require_broadcastable
 from keras_margin.losses.reduction import match_rank
 from keras_margin.registry import export_loss
 
 
-def _signed_labels(y_true, y_pred):
-    """Casts labels to the prediction dtype and maps {0, 1} labels to {-1, 1}.
+def _labels_and_predictions(y_true, y_pred):
+    """Both as tensors of the prediction dtype, checked to broadcast against each other."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    require_broadcastable(y_true, "y_true", y_pred, "y_pred")
+    return y_true, y_pred
+
+
+def _signed_labels(y_true):
+    """Maps {0, 1} labels to {-1, 1}.
 
     As in Keras, the decision is made for the whole tensor: only if every label is 0 or 1.
     """
-    y_true = ops.cast(y_true, y_pred.dtype)
     is_binary = ops.all(ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1)))
     return ops.where(is_binary, 2.0 * y_true - 1.0, y_true)
 
 
 def _margin_violation(y_true, y_pred):
-    y_pred = ops.convert_to_tensor(y_pred)
-    return ops.maximum(1.0 - _signed_labels(y_true, y_pred) * y_pred, 0.0)
+    y_true, y_pred = _labels_and_predictions(y_true, y_pred)
+    return ops.maximum(1.0 - _signed_labels(y_true) * y_pred, 0.0)
 
 
 def hinge(y_true, y_pred):
@@ -101,8 +109,7 @@ def categorical_hinge(y_true, y_pred):
     >>> keras_margin.losses.categorical_hinge(y_true, y_pred)
     array([1.2, 1.6], dtype=float32)
     """
-    y_pred = ops.convert_to_tensor(y_pred)
-    y_true = ops.cast(y_true, y_pred.dtype)
+    y_true, y_pred = _labels_and_predictions(y_true, y_pred)
     pos = ops.sum(y_true * y_pred, axis=-1)
     neg = ops.max((1.0 - y_true) * y_pred, axis=-1)
     return ops.maximum(neg - pos + 1.0, ops.zeros((), y_pred.dtype))

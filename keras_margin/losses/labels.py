@@ -5,22 +5,25 @@ from keras import ops
 
 
 def class_ids(labels, name="y_true"):
-    """Returns integer class ids, never routed through a float dtype.
+    """Integer class ids from ``labels``, and which of them are valid (None if all are).
 
-    Integer labels keep their dtype. Float labels (which Keras accepts) are truncated straight to
-    int64, so an id such as 257 cannot be rounded by a bfloat16 loss dtype on the way.
+    Integer labels are used as they are, int64 included, so that no id wraps around. Float
+    labels, which Keras accepts, must hold whole numbers: they are converted straight to int64,
+    never through the loss's float dtype (which could round an id such as 257 in bfloat16),
+    and a fractional or non-finite one is marked invalid.
 
     Args:
-        labels: Integer (or integral float) class ids.
+        labels: Integer (or whole-valued float) class ids.
         name: Argument name used in error messages.
     """
     labels = ops.convert_to_tensor(labels)
     dtype = keras.backend.standardize_dtype(labels.dtype)
-    if dtype == "bool" or "complex" in dtype or dtype == "string":
+    if "int" in dtype:
+        return labels, None
+    if "float" not in dtype:
         raise TypeError(f"Argument `{name}` must hold integer class ids; received dtype {dtype}.")
-    if "int" not in dtype:
-        labels = ops.cast(labels, "int64")
-    return labels
+    whole = ops.logical_and(ops.isfinite(labels), ops.equal(labels, ops.floor(labels)))
+    return ops.cast(ops.where(whole, labels, ops.zeros_like(labels)), "int64"), whole
 
 
 def squeeze_class_axis(labels, y_pred):

@@ -103,10 +103,9 @@ def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_bat
         values, sample_weight = match_rank(values, sample_weight)
         values = values * sample_weight
 
-    # Under several replicas an empty slice still reduces, so that every replica joins the
-    # cross-replica sum below.
-    empty_slice = tuple(values.shape) == (0,) and context is None
-    if reduction in (None, "none") or tuple(values.shape) == () or empty_slice:
+    # An empty batch reduces to 0 (Keras 3.15 returns the empty per-sample tensor, which is no
+    # scalar loss); under several replicas an empty slice must also join the sums below.
+    if reduction in (None, "none") or tuple(values.shape) == ():
         return values
     total = ops.sum(values)
     if reduction == "sum":

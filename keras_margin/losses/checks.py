@@ -1,0 +1,76 @@
+"""Input checks that name the argument at fault and say what was expected.
+
+Shapes and dtypes are checked when a loss is traced, as ``ValueError`` or ``TypeError``.
+Label values can only be checked when the loss runs: eagerly and under ``tf.function`` a bad
+value raises ``tf.errors.InvalidArgumentError`` before any op reads it. XLA has no way to
+raise at run time and drops assertions, so under ``jit_compile`` the rows with a bad label get
+a NaN loss instead: loud in every training log, never a silently wrong number.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def require_float(x, name):
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "float" not in dtype:
+        raise TypeError(f"Argument `{name}` must have a floating-point dtype; received {dtype}.")
+
+
+def require_rank(x, name, rank, layout):
+    if len(x.shape) != rank:
+        raise ValueError(
+            f"Argument `{name}` must have rank {rank}, {layout}; received shape {x.shape}."
+        )
+
+
+def require_columns(x, name):
+    if x.shape[-1] == 0:
+        raise ValueError(f"Argument `{name}` must have at least one column; received {x.shape}.")
+
+
+def require_same_size(a, a_name, b, b_name, axis=0, what="rows"):
+    """Checks that ``a`` and ``b`` have the same size along ``axis``; returns ``b``.
+
+    Unknown static sizes are compared when the loss runs, and ``b`` is returned gated on that
+    comparison, so that no op reads mismatched tensors first and fails with a vaguer error.
+    """
+    size_a, size_b = a.shape[axis], b.shape[axis]
+    message = f"Arguments `{a_name}` and `{b_name}` must have the same number of {what}"
+    if size_a is not None and size_b is not None:
+        if size_a != size_b:
+            raise ValueError(f"{message}; received {size_a} and {size_b}.")
+        return b
+    check = tf.debugging.assert_equal(tf.shape(a)[axis], tf.shape(b)[axis], message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(b)
+
+
+def require_broadcastable(a, a_name, b, b_name):
+    try:
+        tf.broadcast_static_shape(tf.TensorShape(a.shape), tf.TensorShape(b.shape))
+    except ValueError:
+        raise ValueError(
+            f"Arguments `{a_name}` and `{b_name}` must have broadcastable shapes; "
+            f"received {a.shape} and {b.shape}."
+        ) from None
+
+
+def guard(valid, message, tensor):
+    """Returns ``tensor``, first raising ``InvalidArgumentError(message)`` if not all ``valid``.
+
+    ``valid`` may be None (nothing to check) or a boolean tensor of any shape.
+    """
+    if valid is None:
+        return tensor
+    check = tf.debugging.Assert(ops.all(valid), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
+
+
+def nan_where_invalid(losses, valid):
+    """Replaces the losses of invalid rows by NaN (only reachable under XLA; see above)."""
+    if valid is None:
+        return losses
+    return ops.where(valid, losses, ops.cast(float("nan"), losses.dtype))
