@@ -1,5 +1,6 @@
 """The base class shared by every keras_margin loss, and its argument checks."""
 
+import inspect
 import math
 
 import keras
@@ -22,6 +23,13 @@ def validate_finite(name, value):
     if not math.isfinite(value):
         raise ValueError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
     return float(value)
+
+
+def validate_bool(name, value):
+    """Returns ``value`` as a Python bool if it is one (NumPy's included), else raises."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Argument `{name}` must be a bool; received {name}={value!r}.")
+    return bool(value)
 
 
 # The argument docs every loss class shares, formatted into their docstrings.
@@ -95,6 +103,27 @@ class MarginLoss(keras.losses.Loss):
             "dtype": self._dtype_config,
             **self.fn_kwargs,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        """Restores a loss; a config that does not fit raises ``ValueError`` naming the key.
+
+        ``.keras`` files are untrusted input: Keras reports a ``TypeError`` raised here as a
+        generic "could not be deserialized" error, so every problem is a ``ValueError``.
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"A {cls.__name__} config must be a dict; received {config!r}.")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(config) - accepted)
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} config key(s) {unknown}; expected some of "
+                f"{sorted(accepted)}."
+            )
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            raise ValueError(f"Invalid {cls.__name__} config: {error}") from None
 
 
 class ClassIdLoss(MarginLoss):

@@ -3,12 +3,11 @@
 import warnings
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
 from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
-from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
 from keras_margin.losses.checks import (
     guard,
     nan_where_invalid,
@@ -20,23 +19,26 @@ from keras_margin.losses.checks import (
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
 
+# Beyond these the loss is meaningless and overflows: a similarity logit is up to about
+# gamma * (1 + |margin|)**2, and float16 ends at 65504.
+MAX_GAMMA = 10_000.0
+MAX_ABS_MARGIN = 1.0
+
 
 def validate_circle_args(gamma, margin, remove_diagonal):
     """Checks Circle's hyper-parameters and returns them as Python floats and bool."""
     gamma = validate_finite("gamma", gamma)
-    if gamma <= 0:
-        raise ValueError(f"Argument `gamma` must be positive; received gamma={gamma!r}.")
-    if not isinstance(remove_diagonal, (bool, np.bool_)):
-        raise TypeError(f"Argument `remove_diagonal` must be a bool; received {remove_diagonal!r}.")
-    return gamma, validate_finite("margin", margin), bool(remove_diagonal)
+    if not 0 < gamma <= MAX_GAMMA:
+        raise ValueError(
+            f"Argument `gamma` must be in (0, {MAX_GAMMA:g}]; received gamma={gamma!r}."
+        )
+    margin = validate_finite("margin", margin)
+    if abs(margin) > MAX_ABS_MARGIN:
+        raise ValueError(f"Argument `margin` must be in [-1, 1]; received margin={margin!r}.")
+    return gamma, margin, validate_bool("remove_diagonal", remove_diagonal)
 
 
 IMPLEMENTATIONS = ("auto", "fused", "composite")
-_REBUILD_HINT = (
-    "Rebuild it with `python -m pip install --no-build-isolation --force-reinstall "
-    "--no-deps -e .` from a keras_margin checkout, with g++ and the TensorFlow version "
-    "keras_margin pins installed."
-)
 _fallback_warned = False
 
 
@@ -71,15 +73,14 @@ def _fused_op_usable(implementation):
     reason = fused_ops.custom_op_unavailable_reason()
     if implementation == "fused":
         raise RuntimeError(
-            f"Circle(implementation='fused') needs the compiled op, which is unavailable: "
-            f"{reason}. {_REBUILD_HINT}"
+            f"Circle(implementation='fused') needs the compiled op, which is unavailable: {reason}."
         )
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
         warnings.warn(
             f"keras_margin's fused Circle op is unavailable ({reason}); Circle uses the slower "
-            f"composite path, which builds the full similarity matrix. {_REBUILD_HINT}",
+            f"composite path, which builds the full similarity matrix.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -229,7 +230,7 @@ def circle(
         if ref_valid is not None:
             every_ref = ops.all(ref_valid)
             valid = every_ref if valid is None else ops.logical_and(valid, every_ref)
-    context = multi_replica_context() if cross_replica else None
+    context = multi_replica_context() if validate_bool("cross_replica", cross_replica) else None
     if context is not None and ref_embeddings is None and ref_labels is None:
         ref_embeddings, ref_labels = gather_with_local_rows_first(context, embeddings, labels)
     hyperparameters = {"gamma": gamma, "margin": margin, "remove_diagonal": remove_diagonal}
@@ -318,5 +319,5 @@ class Circle(ClassIdLoss):
             margin=margin,
             remove_diagonal=remove_diagonal,
             implementation=validate_implementation(implementation),
-            cross_replica=bool(cross_replica),
+            cross_replica=validate_bool("cross_replica", cross_replica),
         )

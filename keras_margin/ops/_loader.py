@@ -9,6 +9,7 @@ from types import ModuleType
 
 LIBRARY_PATH = Path(__file__).with_name("_circle_loss_op.so")
 _VERSION_MARKER = b"KERAS_MARGIN_TF_VERSION="
+REBUILD_COMMAND = "python -m pip install --no-build-isolation --force-reinstall --no-deps -e ."
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -42,22 +43,25 @@ def _load() -> ModuleType:
 
     if not LIBRARY_PATH.is_file():
         raise CustomOpUnavailableError(
-            f"{LIBRARY_PATH.name} was not built (expected at {LIBRARY_PATH}); reinstall "
-            "keras-margin with a C++17 compiler and TensorFlow installed, e.g. "
-            "`pip install --no-build-isolation -e .`"
+            f"{LIBRARY_PATH.name} was not built (expected at {LIBRARY_PATH}); build it with "
+            f"g++ and TensorFlow {tf.__version__} installed: `{REBUILD_COMMAND}`"
         )
     built_for = _recorded_tf_version(LIBRARY_PATH)
     if built_for is None:
-        raise CustomOpUnavailableError(f"{LIBRARY_PATH} records no TensorFlow version")
+        raise CustomOpUnavailableError(
+            f"{LIBRARY_PATH} records no TensorFlow version; rebuild it with `{REBUILD_COMMAND}`"
+        )
     if built_for != tf.__version__:
         raise CustomOpUnavailableError(
             f"{LIBRARY_PATH.name} was built for TensorFlow {built_for} but TensorFlow "
-            f"{tf.__version__} is installed; rebuild it (reinstall keras-margin)"
+            f"{tf.__version__} is installed; rebuild it with `{REBUILD_COMMAND}`"
         )
     try:
         module = tf.load_op_library(str(LIBRARY_PATH))
     except (tf.errors.OpError, OSError) as e:
-        raise CustomOpUnavailableError(f"could not load {LIBRARY_PATH}: {e}") from e
+        raise CustomOpUnavailableError(
+            f"could not load {LIBRARY_PATH}: {e}; rebuild it with `{REBUILD_COMMAND}`"
+        ) from e
     # Now that TF holds the library, ctypes gets the same handle without reloading it.
     exported = ctypes.CDLL(str(LIBRARY_PATH)).keras_margin_tf_version
     exported.restype = ctypes.c_char_p
