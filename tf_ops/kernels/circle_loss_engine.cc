@@ -344,13 +344,9 @@ class TileProducts {
   // s[bi, bj] = x[i0 : i0 + bi] . ref[j0 : j0 + bj]^T
   void Similarity(int64_t i0, int64_t bi, int64_t j0, int64_t bj,
                   Acc* s) const {
-    MutMap<Acc> out(s, bi, bj);
-    if (dim_ == 0) {
-      out.setZero();
-      return;
-    }
-    out.noalias() = ConstMap<Acc>(x_ + i0 * dim_, bi, dim_) *
-                    ConstMap<Acc>(ref_ + j0 * dim_, bj, dim_).transpose();
+    MutMap<Acc>(s, bi, bj).noalias() =
+        ConstMap<Acc>(x_ + i0 * dim_, bi, dim_) *
+        ConstMap<Acc>(ref_ + j0 * dim_, bj, dim_).transpose();
   }
 
   // out[bi, :] += g[bi, bj] . ref[j0 : j0 + bj]
@@ -521,7 +517,6 @@ class CircleEngine {
     grad_ref_ = grad_ref;
     std::fill(grad_x, grad_x + n * dim, Acc(0));
     if (!p_.self_reference) std::fill(grad_ref, grad_ref + m_ * dim, Acc(0));
-    if (dim == 0) return;
     scale_.resize(n);
     pos_ref_.resize(n);
     neg_ref_.resize(n);

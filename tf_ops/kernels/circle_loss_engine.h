@@ -18,7 +18,9 @@ namespace keras_margin {
 
 // Parallel execution provided by the caller: run(n, body) calls body(t) for
 // every t in [0, n), possibly concurrently, and returns once all have
-// finished; `threads` is how many of them can actually run at once.
+// finished. The block sizes are planned for `threads` concurrent tasks. They
+// alone fix the order of every floating-point sum, so results are bitwise
+// reproducible for a given value of `threads`, whatever `run` actually does.
 struct TaskRunner {
   int threads = 1;
   std::function<void(int64_t num_tasks,
@@ -35,7 +37,7 @@ struct CircleProblem {
   const int32_t* ref_labels = nullptr;  // [m]; ignored when self_reference.
   int64_t n = 0;
   int64_t m = 0;
-  int64_t dim = 0;
+  int64_t dim = 0;  // >= 1
   // The reference set is x itself: the similarity matrix and both masks are
   // symmetric, so every off-diagonal tile serves two row blocks.
   bool self_reference = false;

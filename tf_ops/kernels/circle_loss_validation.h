@@ -5,6 +5,8 @@
 #define KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
 
 #include <cmath>
+#include <cstdint>
+#include <string>
 
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/framework/types.h"
@@ -58,13 +60,46 @@ tensorflow::Status ReadCircleAttrs(Ctx* ctx, CircleAttrs* attrs) {
   return CheckStateType(t, tstate);
 }
 
+// The errors below are shared with the shape functions, so that a bad input
+// gets the same message whether graph construction or a kernel catches it.
+inline tensorflow::Status RankError(const char* name, int rank,
+                                    const std::string& shape) {
+  return tensorflow::errors::InvalidArgument(name, " must have rank ", rank,
+                                             ", got shape ", shape);
+}
+
+inline tensorflow::Status LengthError(const char* name, int64_t expected,
+                                      const char* what, int64_t got) {
+  return tensorflow::errors::InvalidArgument(name, " must have length ",
+                                             expected, " (", what, "), got ",
+                                             got);
+}
+
+// D = 0 is rejected rather than given the meaning "every similarity is 0":
+// an embedding without coordinates is a caller's bug, not a batch to score.
+inline tensorflow::Status EmptyDimensionError(const std::string& shape) {
+  return tensorflow::errors::InvalidArgument(
+      "embeddings must have at least one column (D >= 1), got shape ", shape);
+}
+
+inline tensorflow::Status DimensionMismatchError(int64_t ref_dim,
+                                                 int64_t dim) {
+  return tensorflow::errors::InvalidArgument(
+      "ref_embeddings must have the same dimension D as embeddings: ", ref_dim,
+      " vs ", dim);
+}
+
+inline tensorflow::Status SelfReferenceRowsError(int64_t m, int64_t n) {
+  return tensorflow::errors::InvalidArgument(
+      "self_reference requires ref_embeddings to have as many rows as "
+      "embeddings: M=",
+      m, " vs N=", n);
+}
+
 inline tensorflow::Status CheckRank(const char* name,
                                     const tensorflow::TensorShape& shape,
                                     int rank) {
-  if (shape.dims() != rank) {
-    return tensorflow::errors::InvalidArgument(
-        name, " must have rank ", rank, ", got shape ", shape.DebugString());
-  }
+  if (shape.dims() != rank) return RankError(name, rank, shape.DebugString());
   return tensorflow::Status();
 }
 
@@ -73,35 +108,29 @@ inline tensorflow::Status CheckLength(const char* name,
                                       int64_t expected, const char* what) {
   TF_RETURN_IF_ERROR(CheckRank(name, shape, 1));
   if (shape.dim_size(0) != expected) {
-    return tensorflow::errors::InvalidArgument(
-        name, " must have length ", expected, " (", what, "), got ",
-        shape.dim_size(0));
+    return LengthError(name, expected, what, shape.dim_size(0));
   }
   return tensorflow::Status();
 }
 
-// embeddings [N, D], labels [N], ref_embeddings [M, D], ref_labels [M];
-// self_reference additionally requires M == N.
+// embeddings [N, D], labels [N], ref_embeddings [M, D] and ref_labels [M],
+// D >= 1; self_reference additionally requires M == N.
 inline tensorflow::Status ValidateCircleInputs(
     const tensorflow::TensorShape& x, const tensorflow::TensorShape& labels,
     const tensorflow::TensorShape& ref,
     const tensorflow::TensorShape& ref_labels, bool self_reference) {
   TF_RETURN_IF_ERROR(CheckRank("embeddings", x, 2));
+  if (x.dim_size(1) < 1) return EmptyDimensionError(x.DebugString());
   TF_RETURN_IF_ERROR(CheckRank("ref_embeddings", ref, 2));
   TF_RETURN_IF_ERROR(
       CheckLength("labels", labels, x.dim_size(0), "embeddings rows N"));
   TF_RETURN_IF_ERROR(CheckLength("ref_labels", ref_labels, ref.dim_size(0),
                                  "ref_embeddings rows M"));
   if (ref.dim_size(1) != x.dim_size(1)) {
-    return tensorflow::errors::InvalidArgument(
-        "ref_embeddings must have the same dimension D as embeddings: ",
-        ref.dim_size(1), " vs ", x.dim_size(1));
+    return DimensionMismatchError(ref.dim_size(1), x.dim_size(1));
   }
   if (self_reference && ref.dim_size(0) != x.dim_size(0)) {
-    return tensorflow::errors::InvalidArgument(
-        "self_reference requires ref_embeddings to have as many rows as "
-        "embeddings: M=",
-        ref.dim_size(0), " vs N=", x.dim_size(0));
+    return SelfReferenceRowsError(ref.dim_size(0), x.dim_size(0));
   }
   return tensorflow::Status();
 }

@@ -4,6 +4,9 @@
 // of the positive and of the negative logits. Those O(N) values are all the
 // gradient op needs, so the N x M similarity matrix never has to be kept.
 
+#include <cstdint>
+#include <utility>
+
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -18,23 +21,57 @@ using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
+// InferenceContext::WithRank with the kernels' error message.
+Status WithRank(InferenceContext* c, int input, const char* name, int rank,
+                ShapeHandle* out) {
+  if (c->WithRank(c->input(input), rank, out).ok()) return Status();
+  return RankError(name, rank, c->DebugString(c->input(input)));
+}
+
+// Merges the lengths of two inputs that must agree; `error` builds the
+// message from the two known values.
+template <typename Error>
+Status MergeDims(InferenceContext* c, DimensionHandle a, DimensionHandle b,
+                 DimensionHandle* out, Error error) {
+  if (c->Merge(a, b, out).ok()) return Status();
+  return error(c->Value(a), c->Value(b));
+}
+
 // Checks embeddings [N, D], labels [N], ref_embeddings [M, D] and
-// ref_labels [M] starting at input `first`; sets *n, *m and the two
-// embedding shapes.
+// ref_labels [M] starting at input `first`, in the kernels' order and words;
+// sets *n and the two embedding shapes.
 Status CircleInputShapes(InferenceContext* c, int first, DimensionHandle* n,
                          ShapeHandle* x, ShapeHandle* ref) {
   ShapeHandle labels, ref_labels;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(first), 2, x));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(first + 1), 1, &labels));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(first + 2), 2, ref));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(first + 3), 1, &ref_labels));
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(*x, 0), c->Dim(labels, 0), n));
+  TF_RETURN_IF_ERROR(WithRank(c, first, "embeddings", 2, x));
+  if (c->ValueKnown(c->Dim(*x, 1)) && c->Value(c->Dim(*x, 1)) < 1) {
+    return EmptyDimensionError(c->DebugString(*x));
+  }
+  TF_RETURN_IF_ERROR(WithRank(c, first + 2, "ref_embeddings", 2, ref));
+  TF_RETURN_IF_ERROR(WithRank(c, first + 1, "labels", 1, &labels));
+  TF_RETURN_IF_ERROR(MergeDims(
+      c, c->Dim(*x, 0), c->Dim(labels, 0), n, [](int64_t want, int64_t got) {
+        return LengthError("labels", want, "embeddings rows N", got);
+      }));
+  TF_RETURN_IF_ERROR(WithRank(c, first + 3, "ref_labels", 1, &ref_labels));
   DimensionHandle m, d;
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(*ref, 0), c->Dim(ref_labels, 0), &m));
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(*x, 1), c->Dim(*ref, 1), &d));
+  TF_RETURN_IF_ERROR(MergeDims(
+      c, c->Dim(*ref, 0), c->Dim(ref_labels, 0), &m,
+      [](int64_t want, int64_t got) {
+        return LengthError("ref_labels", want, "ref_embeddings rows M", got);
+      }));
+  TF_RETURN_IF_ERROR(MergeDims(c, c->Dim(*x, 1), c->Dim(*ref, 1), &d,
+                               [](int64_t dim, int64_t ref_dim) {
+                                 return DimensionMismatchError(ref_dim, dim);
+                               }));
   bool self_reference;
   TF_RETURN_IF_ERROR(c->GetAttr("self_reference", &self_reference));
-  if (self_reference) TF_RETURN_IF_ERROR(c->Merge(*n, m, n));
+  if (self_reference) {
+    TF_RETURN_IF_ERROR(
+        MergeDims(c, *n, m, n, [](int64_t rows, int64_t ref_rows) {
+          return SelfReferenceRowsError(ref_rows, rows);
+        }));
+  }
   DataType t, tstate;
   TF_RETURN_IF_ERROR(c->GetAttr("T", &t));
   TF_RETURN_IF_ERROR(c->GetAttr("Tstate", &tstate));
@@ -73,7 +110,7 @@ Per-row Circle loss (Sun et al., 2020) with the exact semantics of
 keras.losses.circle, computed block by block without materialising the N x M
 similarity matrix.
 
-embeddings: [N, D] query embeddings (expected L2-normalised).
+embeddings: [N, D] query embeddings (expected L2-normalised), D >= 1.
 labels: [N] integer class labels.
 ref_embeddings: [M, D] reference embeddings.
 ref_labels: [M] integer reference labels.
@@ -108,12 +145,18 @@ REGISTER_OP("KerasMargin>CircleLossGrad")
     .Attr("Tstate: {float, double} = DT_FLOAT")
     .SetShapeFn([](InferenceContext* c) {
       DimensionHandle n;
-      ShapeHandle x, ref, unused;
+      ShapeHandle x, ref;
       TF_RETURN_IF_ERROR(CircleInputShapes(c, 1, &n, &x, &ref));
-      for (int input : {0, 5, 6}) {
+      for (const auto& [input, name] : {std::pair{0, "grad_loss"},
+                                        std::pair{5, "lse_pos"},
+                                        std::pair{6, "lse_neg"}}) {
         ShapeHandle v;
-        TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 1, &v));
-        TF_RETURN_IF_ERROR(c->Merge(v, c->Vector(n), &unused));
+        DimensionHandle unused;
+        TF_RETURN_IF_ERROR(WithRank(c, input, name, 1, &v));
+        TF_RETURN_IF_ERROR(MergeDims(c, n, c->Dim(v, 0), &unused,
+                                     [name = name](int64_t want, int64_t got) {
+                                       return LengthError(name, want, "N", got);
+                                     }));
       }
       c->set_output(0, x);
       c->set_output(1, ref);
