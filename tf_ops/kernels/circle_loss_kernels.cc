@@ -9,7 +9,9 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/platform/cpu_info.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "tensorflow/core/util/determinism.h"
 #include "tf_ops/kernels/circle_loss_engine.h"
 #include "tf_ops/kernels/circle_loss_validation.h"
 
@@ -29,7 +31,13 @@ using AccType =
 TaskRunner CpuRunner(OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   TaskRunner runner;
-  runner.threads = pool->NumThreads();
+  // Blocks planned for the pool's size fit it best, but would make results
+  // depend on the intra-op thread count. Under op determinism they are planned
+  // for the machine's schedulable CPUs instead, which is also the pool's size
+  // unless set_intra_op_parallelism_threads changed it.
+  runner.threads = tensorflow::OpDeterminismRequired()
+                       ? tensorflow::port::MaxParallelism()
+                       : pool->NumThreads();
   runner.run = [pool](int64_t num_tasks,
                       const std::function<void(int64_t)>& body) {
     if (num_tasks == 1) {
