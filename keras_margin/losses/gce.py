@@ -1,6 +1,7 @@
 """Generalized cross entropy (Zhang & Sabuncu, 2018) for noisy labels."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
@@ -64,8 +65,12 @@ def _true_class_probability(y_pred, labels):
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return one_hot * ops.expand_dims(upstream, -1), None
+        # A select, not one_hot * upstream: with an empty batch, TF 2.21's grappler rewrites
+        # that product (ReplaceMulWithBroadcastByTile) and divides by zero, killing the process.
+        is_label = ops.equal(
+            ops.expand_dims(labels, -1), ops.arange(ops.shape(y_pred)[-1], dtype=labels.dtype)
+        )
+        return ops.where(is_label, ops.expand_dims(upstream, -1), ops.zeros((), y_pred.dtype)), None
 
     picked = ops.take_along_axis(y_pred, ops.expand_dims(labels, -1), axis=-1)
     return ops.squeeze(picked, -1), grad
@@ -104,7 +109,9 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
     array([0.32668, 0.21115, 0.45081, 0.45081])
     """
     q = validate_q(q)
-    y_pred = ops.convert_to_tensor(y_pred)
+    # tf.convert_to_tensor, not ops.convert_to_tensor: the latter passes a tf.Variable through,
+    # and keras.ops.take_along_axis then fails on it.
+    y_pred = tf.convert_to_tensor(y_pred)
     require_float(y_pred, "y_pred")
     labels, valid = _checked_labels(y_true, y_pred)
     safe_labels = labels if valid is None else ops.where(valid, labels, ops.zeros_like(labels))

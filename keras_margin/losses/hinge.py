@@ -111,7 +111,8 @@ def categorical_hinge(y_true, y_pred):
     """
     y_true, y_pred = _labels_and_predictions(y_true, y_pred)
     pos = ops.sum(y_true * y_pred, axis=-1)
-    neg = ops.max((1.0 - y_true) * y_pred, axis=-1)
+    # `initial` only lets an empty batch through: keras.ops.max raises on any empty tensor.
+    neg = ops.max((1.0 - y_true) * y_pred, axis=-1, initial=float("-inf"))
     return ops.maximum(neg - pos + 1.0, ops.zeros((), y_pred.dtype))
 
 
