@@ -1,0 +1,482 @@
+"""Fuzzing Circle: the fused C++ op against the composite keras.ops path, eager and under XLA.
+
+A case is a ``CircleSpec``: sizes, dtype, label layout and label values, an embedding family,
+the hyper-parameters and a NumPy seed, from which ``build`` makes the arrays. Hypothesis prints
+the spec of a falsifying case, and ``build(spec)`` reproduces its inputs exactly.
+
+Properties:
+
+- nothing raises, and values and gradients (of ``sum(loss * upstream)`` with respect to the
+  embeddings and the reference embeddings) are finite;
+- fused and composite agree in value and gradient within the rounding of the compute dtype;
+- labels are compared only for equality: any relabelling with the same equality pattern
+  (negative ids, int64 ids beyond float precision, (N, 1) labels, mixed int32/int64) gives
+  bitwise the same result;
+- without a reference set, the fused op's symmetric kernel agrees with the general kernel
+  given the batch as its own reference set.
+
+Run: ``python -m pytest -q tests/fuzz`` (the small "ci" profile) or
+``KERAS_MARGIN_FUZZ=long python -m pytest -q -m fuzz tests/fuzz --hypothesis-show-statistics``.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+import keras_margin
+
+from . import budget
+
+pytestmark = pytest.mark.fuzz
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+EMBEDDINGS = ("unit", "over_unit", "duplicated", "identical", "basis")
+LAYOUTS = ("one_class", "distinct", "few")
+LABEL_DTYPES = ("int32", "int64")
+EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float64": 2.0**-1022}
+# Under XLA a case compiles one program per implementation, so its shapes come from a few
+# buckets that later cases reuse, and gamma and margin (attributes baked into the program)
+# from a few values.
+JIT_SIZES = {"n": (0, 1, 9, 300), "d": (1, 16, 64), "m": (None, 0, 7, 200)}
+JIT_GAMMAS = (2.0**-126, 1.0, 80.0, 1024.0)
+# float32 values, for the reason given at GAMMAS.
+JIT_MARGINS = tuple(float(np.float32(m)) for m in (0.0, 0.25, 0.4, 0.999))
+
+
+@dataclasses.dataclass(frozen=True)
+class CircleSpec:
+    n: int
+    d: int
+    m: int | None  # None: no reference set, the batch is its own reference
+    dtype: str
+    embeddings: str
+    layout: str
+    classes: int  # for the "few" layout
+    label_dtypes: tuple[str, str]  # labels, reference labels
+    column_labels: bool  # labels of shape (N, 1) instead of (N,)
+    label_offset: int
+    label_stride: int
+    gamma: float
+    margin: float
+    remove_diagonal: bool
+    seed: int
+
+
+@dataclasses.dataclass
+class CircleInputs:
+    """Arrays of a case; the embeddings are float64 holding values exact in the case's dtype."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    ref: np.ndarray | None
+    ref_labels: np.ndarray | None
+    upstream: np.ndarray
+
+
+def compute_dtype(dtype):
+    """The dtype the fused op accumulates in: float16 and bfloat16 are widened to float32."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+def underflow(spec):
+    """Absolute error from the bottom of the range: a subnormal step of the case's dtype, or
+    (with gamma near 2**-126) intermediates that one implementation flushes to zero and the
+    other does not, a few of the compute dtype's smallest normal numbers."""
+    return max(TINY[spec.dtype] * EPS[spec.dtype], 64 * TINY[compute_dtype(spec.dtype)])
+
+
+# The op's gamma and margin are float32 attributes, so they are drawn as float32 values: the
+# float64 rounding of anything else is test_float64_hyperparameters_keep_their_precision's bug.
+# Gamma starts at float32's smallest normal number for test_subnormal_gamma_is_accepted's bug.
+GAMMAS = st.floats(2.0**-126, 1024.0, width=32)
+MARGINS = st.floats(0.0, 1.0, exclude_max=True, width=32)
+
+
+@st.composite
+def circle_specs(draw, compiled=False, self_reference=False):
+    if compiled:
+        n, d = draw(st.sampled_from(JIT_SIZES["n"])), draw(st.sampled_from(JIT_SIZES["d"]))
+        m = None if self_reference else draw(st.sampled_from(JIT_SIZES["m"]))
+        gamma, margin = draw(st.sampled_from(JIT_GAMMAS)), draw(st.sampled_from(JIT_MARGINS))
+    else:
+        n, d = draw(st.integers(0, 300)), draw(st.integers(1, 64))
+        m = None if self_reference else draw(st.none() | st.integers(0, 300))
+        gamma, margin = draw(GAMMAS), draw(MARGINS)
+    label_dtypes = (draw(st.sampled_from(LABEL_DTYPES)), draw(st.sampled_from(LABEL_DTYPES)))
+    info = np.iinfo(np.int32 if "int32" in label_dtypes else np.int64)
+    # Ids are offset + stride * class for class < n + m + 6 (see build), anywhere in the
+    # dtype's range: with stride 1, ids beyond 2**24 collide in float32 and beyond 2**53 in
+    # float64, so a float round trip would merge classes.
+    span = n + (m or 0) + 6
+    stride = draw(st.sampled_from([s for s in (1, 3, 2**20, 2**40) if s * span < info.max]))
+    offset = draw(st.integers(int(info.min), int(info.max) - stride * span))
+    return CircleSpec(
+        n=n,
+        d=d,
+        m=m,
+        dtype=draw(st.sampled_from(DTYPES)),
+        embeddings=draw(st.sampled_from(EMBEDDINGS)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        classes=draw(st.integers(2, 5)),
+        label_dtypes=label_dtypes,
+        column_labels=draw(st.booleans()),
+        label_offset=offset,
+        label_stride=stride,
+        gamma=gamma,
+        margin=margin,
+        remove_diagonal=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def round_to(values, dtype):
+    return tf.cast(tf.cast(values, dtype), tf.float64).numpy()
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_embeddings(rng, kind, n, m, d):
+    """[n, d] embeddings and [m, d] reference embeddings of the family ``kind``.
+
+    "over_unit" rows have norms up to 5% above 1, where the distance clamp max(1 - s, 0) is
+    active. "duplicated" rows are drawn with replacement from a small pool shared by both sets,
+    so that exact copies (similarity 1, the clamp's kink) carry the same and other labels.
+    "basis" rows are signed one-hot vectors: every similarity is -1, 0 or 1 exactly in every
+    dtype and summation order, so both implementations sit on the kinks themselves.
+    """
+    if kind == "unit":
+        return unit_rows(rng, n, d), unit_rows(rng, m, d)
+    if kind == "over_unit":
+        x, ref = unit_rows(rng, n, d), unit_rows(rng, m, d)
+        return (
+            x * (1 + rng.uniform(1e-3, 5e-2, size=(n, 1))),
+            ref * (1 + rng.uniform(1e-3, 5e-2, size=(m, 1))),
+        )
+    if kind == "duplicated":
+        pool = unit_rows(rng, 1 + (n + m) // 4, d)
+        return pool[rng.integers(len(pool), size=n)], pool[rng.integers(len(pool), size=m)]
+    if kind == "identical":
+        row = unit_rows(rng, 1, d)
+        return np.repeat(row, n, axis=0), np.repeat(row, m, axis=0)
+    if kind == "basis":
+        rows = np.zeros((n + m, d))
+        rows[np.arange(n + m), rng.integers(d, size=n + m)] = rng.choice([-1.0, 1.0], size=n + m)
+        return rows[:n], rows[n:]
+    raise AssertionError(kind)
+
+
+def make_classes(rng, spec):
+    """Class indices of the rows and of the reference rows, some of them unseen in the batch."""
+    n, m = spec.n, spec.m or 0
+    if spec.layout == "one_class":
+        return np.zeros(n, int), rng.integers(0, 2, size=m)
+    if spec.layout == "distinct":
+        return np.arange(n), rng.integers(0, n + m + 1, size=m)
+    return rng.integers(0, spec.classes, size=n), rng.integers(0, spec.classes + 1, size=m)
+
+
+def build(spec):
+    rng = np.random.default_rng(spec.seed)
+    x, ref = make_embeddings(rng, spec.embeddings, spec.n, spec.m or 0, spec.d)
+    classes, ref_classes = make_classes(rng, spec)
+    # A shuffled class-to-id table, so that ids are neither sorted nor contiguous.
+    table = spec.label_offset + spec.label_stride * rng.permutation(spec.n + (spec.m or 0) + 6)
+
+    def ids(classes, dtype):
+        values = table[classes].astype(dtype)
+        return values.reshape(-1, 1) if spec.column_labels else values
+
+    upstream = round_to(rng.random(spec.n), spec.dtype)
+    labels = ids(classes, spec.label_dtypes[0])
+    if spec.m is None:
+        return CircleInputs(round_to(x, spec.dtype), labels, None, None, upstream)
+    ref_labels = ids(ref_classes, spec.label_dtypes[1])
+    return CircleInputs(
+        round_to(x, spec.dtype), labels, round_to(ref, spec.dtype), ref_labels, upstream
+    )
+
+
+def loss_and_grads(x, labels, ref, ref_labels, upstream, **circle_kwargs):
+    """Per-row losses and the gradients of sum(loss * upstream) for x and, if given, ref."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        if ref is not None:
+            tape.watch(ref)
+        loss = keras_margin.losses.circle(
+            labels, x, ref_labels=ref_labels, ref_embeddings=ref, **circle_kwargs
+        )
+        total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
+    sources = [x] if ref is None else [x, ref]
+    return loss, tape.gradient(total, sources, unconnected_gradients="zero")
+
+
+@functools.cache
+def compiled_loss_and_grads(**circle_kwargs):
+    """One XLA function per configuration, traced once per input signature: the shapes come from
+    JIT_SIZES, so the traces are bounded. (reduce_retracing would relax the labels to unknown
+    rank once it has seen (N,) and (N, 1): test_labels_of_unknown_rank's bug.)"""
+    return tf.function(functools.partial(loss_and_grads, **circle_kwargs), jit_compile=True)
+
+
+def evaluate(spec, inputs, implementation, dtype=None, compiled=False, labels=None):
+    """(loss, [grad_x] or [grad_x, grad_ref]) as float64 arrays.
+
+    ``dtype`` overrides the case's dtype (to evaluate a reference in the compute dtype) and
+    ``labels`` the case's (labels, ref_labels).
+    """
+    dtype = dtype or spec.dtype
+    labels, ref_labels = labels or (inputs.labels, inputs.ref_labels)
+    kwargs = dict(
+        gamma=spec.gamma,
+        margin=spec.margin,
+        remove_diagonal=spec.remove_diagonal,
+        implementation=implementation,
+    )
+    fn = (
+        compiled_loss_and_grads(**kwargs)
+        if compiled
+        else functools.partial(loss_and_grads, **kwargs)
+    )
+    loss, grads = fn(
+        tf.constant(inputs.x, dtype),
+        tf.constant(labels),
+        None if inputs.ref is None else tf.constant(inputs.ref, dtype),
+        None if ref_labels is None else tf.constant(ref_labels),
+        tf.constant(inputs.upstream, dtype),
+    )
+    as_f64 = [tf.cast(t, tf.float64).numpy() for t in (loss, *grads)]
+    return as_f64[0], as_f64[1:]
+
+
+def flat(labels):
+    return None if labels is None else labels.reshape(-1)
+
+
+def on_clamp_kink(spec, inputs):
+    """Whether a negative pair's similarity is within rounding of 1, the distance clamp's kink.
+
+    There the loss has a corner (the gradient of d = max(1 - s, 0) jumps from -1 to 0, with a
+    weight of 2 * gamma), and which side each implementation takes depends on the order of its
+    dot product's additions. Values are still compared; gradients are not. Basis rows are exact
+    in every order, so they are compared always.
+    """
+    if spec.embeddings == "basis" or spec.n == 0:
+        return False
+    ref = inputs.x if inputs.ref is None else inputs.ref
+    ref_labels = flat(inputs.labels if inputs.ref_labels is None else inputs.ref_labels)
+    similarity = inputs.x @ ref.T
+    norms = np.outer(np.linalg.norm(inputs.x, axis=1), np.linalg.norm(ref, axis=1))
+    band = 2 * spec.d * EPS[compute_dtype(spec.dtype)] * norms
+    negative = flat(inputs.labels)[:, None] != ref_labels[None, :]
+    return bool(np.any(negative & (np.abs(1 - similarity) <= band)))
+
+
+def rounding_tolerance(spec):
+    """Relative error allowed between two float32 (or float64) evaluations of Circle.
+
+    A similarity carries a rounding error of about sqrt(d) * eps, and a logit multiplies it by
+    up to 2 * gamma * (1 + margin) < 4 * gamma; a loss inherits the logit error, and a gradient
+    inherits it as the relative error of its softmax weights. The log-sum-exps add the error of
+    a sum of up to n + m terms, about sqrt(n + m) * eps. The factor 8 is headroom over the
+    largest ratio seen in a long run.
+    """
+    eps = EPS[compute_dtype(spec.dtype)]
+    terms = 1 + spec.n + (spec.n if spec.m is None else spec.m)
+    return 8 * eps * ((1 + 4 * spec.gamma) * np.sqrt(spec.d) + np.sqrt(terms))
+
+
+def assert_matches(got, want, spec, check_grads, what):
+    """``got`` agrees with ``want``, a reference evaluated in the compute dtype.
+
+    A float16 or bfloat16 result is the compute-dtype result rounded once, so it may add an
+    ulp of its own dtype (``want`` is rounded too), and it is infinite where the exact value
+    is beyond the dtype's range.
+    """
+    tol = rounding_tolerance(spec)
+    own_ulp = 0.0 if spec.dtype == compute_dtype(spec.dtype) else EPS[spec.dtype]
+    (loss, grads), (want_loss, want_grads) = got, want
+    np.testing.assert_allclose(
+        loss,
+        round_to(want_loss, spec.dtype),
+        rtol=own_ulp + tol,
+        atol=tol + underflow(spec),
+        err_msg=f"{what}: loss",
+    )
+    if not check_grads:
+        return
+    for i, (g, w) in enumerate(zip(grads, want_grads, strict=True)):
+        scale = float(np.max(np.abs(w), initial=0.0))
+        np.testing.assert_allclose(
+            g,
+            round_to(w, spec.dtype),
+            rtol=own_ulp + tol,
+            atol=tol * scale + underflow(spec),
+            err_msg=f"{what}: gradient {i}",
+        )
+
+
+def named(result):
+    """(name, array) pairs of a (loss, gradients) result; the last exists with a reference set."""
+    names = ("loss", "gradient of the embeddings", "gradient of the reference embeddings")
+    loss, grads = result
+    return list(zip(names, (loss, *grads), strict=False))
+
+
+def assert_finite(result, reference, spec, what):
+    """The reference, in the compute dtype, is finite, and so is ``result`` wherever the
+    reference fits in the case's dtype: only float16 can fall short, as a gradient column sums
+    up to n terms of up to ~4 * gamma each."""
+    limit = float(tf.as_dtype(spec.dtype).max)
+    for (name, got), (_, want) in zip(named(result), named(reference), strict=True):
+        assert np.all(np.isfinite(want)), f"reference {name} not finite"
+        assert np.all(np.isfinite(got[np.abs(want) < limit])), f"{what}: {name} not finite"
+
+
+def log_events(spec, kink):
+    event(f"dtype={spec.dtype}")
+    event(f"embeddings={spec.embeddings}")
+    event(f"layout={spec.layout}")
+    event("reference set" if spec.m is not None else "self reference")
+    event(f"clamp kink: gradients {'not ' if kink else ''}compared")
+
+
+@settings(max_examples=budget(1.0))
+@given(spec=circle_specs())
+def test_fused_matches_composite(spec):
+    inputs = build(spec)
+    kink = on_clamp_kink(spec, inputs)
+    log_events(spec, kink)
+    reference = evaluate(spec, inputs, "composite", compute_dtype(spec.dtype))
+    fused = evaluate(spec, inputs, "fused")
+    assert_finite(fused, reference, spec, "fused")
+    if spec.dtype != compute_dtype(spec.dtype):
+        assert_finite(evaluate(spec, inputs, "composite"), reference, spec, "composite")
+    assert_matches(fused, reference, spec, check_grads=not kink, what="fused")
+
+
+@settings(max_examples=budget(0.25))
+@given(spec=circle_specs(compiled=True))
+def test_compiled_matches_eager(spec):
+    inputs = build(spec)
+    kink = on_clamp_kink(spec, inputs)
+    log_events(spec, kink)
+    reference = evaluate(spec, inputs, "composite", compute_dtype(spec.dtype))
+    for implementation in ("fused", "composite"):
+        result = evaluate(spec, inputs, implementation, compiled=True)
+        what = f"{implementation} under XLA"
+        assert_finite(result, reference, spec, what)
+        # The composite path computes float16 and bfloat16 in that precision, as Keras does; at
+        # gamma ~ 1000 its softmax weights are then far from float32's.
+        if implementation == "fused" or spec.dtype == compute_dtype(spec.dtype):
+            assert_matches(result, reference, spec, check_grads=not kink, what=what)
+
+
+@settings(max_examples=budget(0.5))
+@given(spec=circle_specs())
+def test_labels_are_compared_only_for_equality(spec):
+    """Dense int32 class indices with the same equality pattern give bitwise the same result."""
+    inputs = build(spec)
+    log_events(spec, kink=False)
+    ids = [flat(inputs.labels)] + ([] if spec.m is None else [flat(inputs.ref_labels)])
+    _, dense = np.unique(np.concatenate(ids), return_inverse=True)
+    dense = dense.astype(np.int32)
+    canonical = (dense[: spec.n], None if spec.m is None else dense[spec.n :])
+    for implementation in ("fused", "composite"):
+        got = evaluate(spec, inputs, implementation)
+        want = evaluate(spec, inputs, implementation, labels=canonical)
+        for (name, a), (_, b) in zip(named(got), named(want), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{implementation}: {name}")
+
+
+@settings(max_examples=budget(0.5))
+@given(spec=circle_specs(self_reference=True))
+def test_self_reference_matches_explicit_reference(spec):
+    """The fused op's symmetric kernel (no reference set) against its general kernel given the
+    batch as the reference set; the general kernel's two gradients add up to the symmetric one.
+    """
+    inputs = build(spec)
+    explicit_inputs = dataclasses.replace(inputs, ref=inputs.x, ref_labels=inputs.labels)
+    kink = on_clamp_kink(spec, inputs)
+    log_events(spec, kink)
+    reference = evaluate(spec, inputs, "composite", compute_dtype(spec.dtype))
+    symmetric = evaluate(spec, inputs, "fused")
+    loss, (grad_x, grad_ref) = evaluate(spec, explicit_inputs, "fused")
+    assert_finite(symmetric, reference, spec, "symmetric kernel")
+    assert_finite((loss, [grad_x + grad_ref]), reference, spec, "general kernel")
+    tol = rounding_tolerance(spec)
+    # Each side is rounded once to a float16 or bfloat16 result, and the general kernel's
+    # gradient is the sum of two rounded parts, so allow an ulp of each.
+    ulp = 0.0 if spec.dtype == compute_dtype(spec.dtype) else EPS[spec.dtype]
+    np.testing.assert_allclose(symmetric[0], loss, rtol=tol + ulp, atol=tol, err_msg="loss")
+    if not kink:
+        scale = np.max(np.abs(grad_x), initial=0.0) + np.max(np.abs(grad_ref), initial=0.0)
+        np.testing.assert_allclose(
+            symmetric[1][0],
+            grad_x + grad_ref,
+            rtol=tol,
+            atol=(tol + 2 * ulp) * scale + underflow(spec),
+            err_msg="gradient",
+        )
+
+
+def small_batch():
+    rng = np.random.default_rng(0)
+    return np.array([0, 0, 1, 1, 2, 2]), unit_rows(rng, 6, 4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the fused op takes gamma and margin as float32 attributes, so in float64 a "
+    "margin such as 0.1 differs from the composite path's by 1.5e-9 and the losses by up to "
+    "~2e-9 relative, where the README promises agreement to about 1e-12",
+)
+def test_float64_hyperparameters_keep_their_precision():
+    labels, x = small_batch()
+    kwargs = dict(gamma=80.0, margin=0.1)
+    fused = keras_margin.losses.circle(labels, x, implementation="fused", **kwargs)
+    composite = keras_margin.losses.circle(labels, x, implementation="composite", **kwargs)
+    np.testing.assert_allclose(fused, composite, rtol=1e-12)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=tf.errors.InvalidArgumentError,
+    reason="BUG: a gamma below float32's smallest normal number (1.2e-38) passes "
+    "validate_circle_args but the fused op (and so implementation='auto') raises "
+    "InvalidArgumentError 'gamma must be finite and > 0, got 0'; the composite path "
+    "returns the gamma -> 0 limit",
+)
+def test_subnormal_gamma_is_accepted():
+    labels, x = small_batch()
+    x = x.astype(np.float32)
+    fused = keras_margin.losses.circle(labels, x, gamma=1e-39, implementation="fused")
+    composite = keras_margin.losses.circle(labels, x, gamma=1e-39, implementation="composite")
+    np.testing.assert_allclose(fused, composite, rtol=1e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="BUG: labels of unknown static rank make circle raise 'ValueError: Cannot take the "
+    "length of shape with unknown rank'. tf.function(reduce_retracing=True), which Keras's "
+    "train step uses, relaxes labels to unknown rank once it has seen shapes (N,) and (N, 1); "
+    "keras.losses.circle does not raise there",
+)
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+def test_labels_of_unknown_rank(implementation):
+    labels, x = small_batch()
+    x = x.astype(np.float32)
+    circle = functools.partial(keras_margin.losses.circle, implementation=implementation)
+    compiled = tf.function(
+        lambda labels: circle(labels, x), input_signature=[tf.TensorSpec(None, tf.int64)]
+    )
+    np.testing.assert_allclose(compiled(labels), circle(labels, x), rtol=1e-6)
