@@ -249,8 +249,16 @@ def circle(
             labels if ref_labels is None else ref_labels,
             **hyperparameters,
         )
+    # One non-finite embedding takes part in every row's pairs, so every row is NaN; the fused
+    # kernel's max-shifted sums and XLA's max would otherwise quietly drop a NaN.
+    finite = ops.all(ops.isfinite(embeddings))
+    if ref_embeddings is not None:
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(ref_embeddings)))
+    valid = finite if valid is None else ops.logical_and(valid, finite)
     losses = nan_where_invalid(losses, valid)
-    set_keras_mask(losses, losses > 0)
+    # Keras masks with `losses > 0`; `!= 0` is the same on the loss's range [0, inf) but keeps
+    # NaN rows, which a zero mask weight would erase under XLA (it folds NaN * 0 to 0).
+    set_keras_mask(losses, ops.not_equal(losses, 0))
     return losses
 
 
