@@ -342,3 +342,59 @@ def test_empty_and_single_row_batches_are_finite(loss_name, rows, mode, rng):
         assert float(value) == 0.0
     if loss_name.startswith("circle"):  # one row has no pair: nothing to learn
         assert float(value) == 0.0 and not gradient.numpy().any()
+
+
+# (argument, bad value, exception, message) for Circle; each runs through the class, the
+# function and from_config.
+CIRCLE_ARGUMENTS = [
+    ("gamma", float("nan"), ValueError, "`gamma` must be a finite float"),
+    ("gamma", float("inf"), ValueError, "`gamma` must be a finite float"),
+    ("gamma", 0.0, ValueError, "`gamma` must be in \\(0, 10000\\]"),
+    ("gamma", -1.0, ValueError, "`gamma` must be in \\(0, 10000\\]"),
+    ("gamma", 1e6, ValueError, "`gamma` must be in \\(0, 10000\\]"),
+    ("gamma", "80", TypeError, "`gamma` must be a finite float"),
+    ("gamma", True, TypeError, "`gamma` must be a finite float"),
+    ("margin", float("nan"), ValueError, "`margin` must be a finite float"),
+    ("margin", 2.0, ValueError, "`margin` must be in \\[-1, 1\\]"),
+    ("remove_diagonal", "yes", TypeError, "`remove_diagonal` must be a bool"),
+    ("implementation", "gpu", ValueError, "`implementation` must be one of"),
+]
+
+
+@pytest.mark.parametrize("argument, value, error, message", CIRCLE_ARGUMENTS)
+def test_circle_arguments_are_checked_everywhere(argument, value, error, message, rng):
+    with pytest.raises(error, match=message):
+        losses.Circle(**{argument: value})
+    with pytest.raises(error, match=message):
+        losses.circle(np.array([0, 0]), unit_rows(rng, 2), **{argument: value})
+    config = {**losses.Circle().get_config(), argument: value}
+    with pytest.raises(ValueError, match=message):
+        losses.Circle.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (0.0, ValueError, "`q` must be in the open interval \\(0, 1\\)"),
+        (1.0, ValueError, "`q` must be in the open interval \\(0, 1\\)"),
+        (float("nan"), ValueError, "`q` must be a finite float"),
+        ("0.5", TypeError, "`q` must be a finite float"),
+    ],
+)
+def test_gce_q_is_checked_everywhere(value, error, message):
+    with pytest.raises(error, match=message):
+        losses.CategoricalGeneralizedCrossEntropy(q=value)
+    with pytest.raises(error, match=message):
+        losses.categorical_generalized_cross_entropy(np.array([0]), np.array([[1.0]]), q=value)
+    with pytest.raises(ValueError, match=message):
+        losses.CategoricalGeneralizedCrossEntropy.from_config({"q": value})
+
+
+@pytest.mark.parametrize("loss_class", [losses.Hinge, losses.Circle])
+def test_configs_with_unknown_keys_or_bad_reductions_are_refused(loss_class):
+    with pytest.raises(ValueError, match=r"Unknown \w+ config key\(s\) \['margin_of_error'\]"):
+        loss_class.from_config({"margin_of_error": 1})
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        loss_class.from_config({"reduction": "median"})
+    with pytest.raises(ValueError, match="config must be a dict"):
+        loss_class.from_config(["reduction", "sum"])
