@@ -349,9 +349,9 @@ def test_empty_and_single_row_batches_are_finite(loss_name, rows, mode, rng):
 CIRCLE_ARGUMENTS = [
     ("gamma", float("nan"), ValueError, "`gamma` must be a finite float"),
     ("gamma", float("inf"), ValueError, "`gamma` must be a finite float"),
-    ("gamma", 0.0, ValueError, "`gamma` must be in \\(0, 10000\\]"),
-    ("gamma", -1.0, ValueError, "`gamma` must be in \\(0, 10000\\]"),
-    ("gamma", 1e6, ValueError, "`gamma` must be in \\(0, 10000\\]"),
+    ("gamma", 0.0, ValueError, "`gamma` must be in \\[0.001, 10000\\]"),
+    ("gamma", -1.0, ValueError, "`gamma` must be in \\[0.001, 10000\\]"),
+    ("gamma", 1e6, ValueError, "`gamma` must be in \\[0.001, 10000\\]"),
     ("gamma", "80", TypeError, "`gamma` must be a finite float"),
     ("gamma", True, TypeError, "`gamma` must be a finite float"),
     ("margin", float("nan"), ValueError, "`margin` must be a finite float"),
@@ -375,8 +375,8 @@ def test_circle_arguments_are_checked_everywhere(argument, value, error, message
 @pytest.mark.parametrize(
     "value, error, message",
     [
-        (0.0, ValueError, "`q` must be in the open interval \\(0, 1\\)"),
-        (1.0, ValueError, "`q` must be in the open interval \\(0, 1\\)"),
+        (0.0, ValueError, "`q` must be in \\[0.001, 1\\)"),
+        (1.0, ValueError, "`q` must be in \\[0.001, 1\\)"),
         (float("nan"), ValueError, "`q` must be a finite float"),
         ("0.5", TypeError, "`q` must be a finite float"),
     ],

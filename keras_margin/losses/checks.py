@@ -57,6 +57,25 @@ def require_broadcastable(a, a_name, b, b_name):
         ) from None
 
 
+def with_known_rank(labels, name, rows, rows_name):
+    """``labels`` reshaped to ``rows`` (a shape tensor) if their static rank is unknown.
+
+    ``tf.function(reduce_retracing=True)``, which Keras's train step uses, relaxes labels to
+    an unknown rank once it has seen both (N,) and (N, 1). Their size is checked when the
+    loss runs.
+    """
+    if labels.shape.rank is not None:
+        return labels
+    flat = tf.reshape(labels, [-1])
+    check = tf.debugging.assert_equal(
+        tf.size(flat, out_type=rows.dtype),
+        tf.reduce_prod(rows),
+        message=f"Argument `{name}` must hold one class id per row of `{rows_name}`",
+    )
+    with tf.control_dependencies([check]):
+        return tf.reshape(flat, rows)
+
+
 def guard(valid, message, tensor):
     """Returns ``tensor``, first raising ``InvalidArgumentError(message)`` if not all ``valid``.
 

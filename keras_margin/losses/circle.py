@@ -3,6 +3,7 @@
 import warnings
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
@@ -15,12 +16,14 @@ from keras_margin.losses.checks import (
     require_float,
     require_rank,
     require_same_size,
+    with_known_rank,
 )
 from keras_margin.losses.labels import class_ids
 from keras_margin.registry import export_loss
 
 # Beyond these the loss is meaningless and overflows: a similarity logit is up to about
 # gamma * (1 + |margin|)**2, and float16 ends at 65504.
+MIN_GAMMA = 0.001
 MAX_GAMMA = 10_000.0
 MAX_ABS_MARGIN = 1.0
 
@@ -28,9 +31,9 @@ MAX_ABS_MARGIN = 1.0
 def validate_circle_args(gamma, margin, remove_diagonal):
     """Checks Circle's hyper-parameters and returns them as Python floats and bool."""
     gamma = validate_finite("gamma", gamma)
-    if not 0 < gamma <= MAX_GAMMA:
+    if not MIN_GAMMA <= gamma <= MAX_GAMMA:
         raise ValueError(
-            f"Argument `gamma` must be in (0, {MAX_GAMMA:g}]; received gamma={gamma!r}."
+            f"Argument `gamma` must be in [{MIN_GAMMA:g}, {MAX_GAMMA:g}]; received gamma={gamma!r}."
         )
     margin = validate_finite("margin", margin)
     if abs(margin) > MAX_ABS_MARGIN:
@@ -101,6 +104,9 @@ def _class_ids_per_row(labels, name, embeddings, embeddings_name):
     Any integer is a valid id, negative or beyond int32 included: ids are only compared.
     """
     labels, whole = class_ids(labels, name)
+    rows = tf.shape(embeddings)[:1]
+    labels = with_known_rank(labels, name, rows, embeddings_name)
+    whole = None if whole is None else with_known_rank(whole, name, rows, embeddings_name)
     if len(labels.shape) == 2 and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, -1)
         whole = None if whole is None else ops.squeeze(whole, -1)

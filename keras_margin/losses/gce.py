@@ -5,7 +5,13 @@ import tensorflow as tf
 from keras import ops
 
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
-from keras_margin.losses.checks import guard, nan_where_invalid, require_float, require_same_size
+from keras_margin.losses.checks import (
+    guard,
+    nan_where_invalid,
+    require_float,
+    require_same_size,
+    with_known_rank,
+)
 from keras_margin.losses.labels import class_ids, squeeze_class_axis
 from keras_margin.registry import export_loss
 
@@ -16,11 +22,16 @@ _PROBABILITY_FLOOR = 1e-7
 _FLOAT16_PROBABILITY_FLOOR = 2.0**-14
 
 
+# Smaller q is cross-entropy for every practical purpose, and far smaller would round to 0 in
+# float16 (below 2**-25) and make the loss (1 - p**0) / 0 = NaN.
+MIN_Q = 0.001
+
+
 def validate_q(q):
-    """Returns ``q`` if it is a finite number in (0, 1), else raises a ``ValueError``."""
+    """Returns ``q`` if it is a finite number in [MIN_Q, 1), else raises."""
     q = validate_finite("q", q)
-    if not 0 < q < 1:
-        raise ValueError(f"Argument `q` must be in the open interval (0, 1); received q={q!r}.")
+    if not MIN_Q <= q < 1:
+        raise ValueError(f"Argument `q` must be in [{MIN_Q:g}, 1); received q={q!r}.")
     return q
 
 
@@ -33,6 +44,9 @@ def _probability_floor(dtype):
 def _checked_labels(y_true, y_pred):
     """Class ids with one per row of ``y_pred``, and which are valid ids of its columns."""
     labels, whole = class_ids(y_true)
+    rows = tf.shape(y_pred)[:-1]
+    labels = with_known_rank(labels, "y_true", rows, "y_pred")
+    whole = None if whole is None else with_known_rank(whole, "y_true", rows, "y_pred")
     labels = squeeze_class_axis(labels, y_pred)
     whole = None if whole is None else squeeze_class_axis(whole, y_pred)
     rows = y_pred.shape[:-1]

@@ -29,6 +29,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import keras_margin
+from keras_margin.losses.circle import MIN_GAMMA
 
 from . import budget
 
@@ -44,7 +45,8 @@ TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float
 # buckets that later cases reuse, and gamma and margin (attributes baked into the program)
 # from a few values.
 JIT_SIZES = {"n": (0, 1, 9, 300), "d": (1, 16, 64), "m": (None, 0, 7, 200)}
-JIT_GAMMAS = (2.0**-126, 1.0, 80.0, 1024.0)
+# Float32 values, like the op's attributes; the first is MIN_GAMMA rounded up to float32.
+JIT_GAMMAS = (0.0010000000474974513, 1.0, 80.0, 1024.0)
 # float32 values, for the reason given at GAMMAS.
 JIT_MARGINS = tuple(float(np.float32(m)) for m in (0.0, 0.25, 0.4, 0.999))
 
@@ -91,10 +93,9 @@ def underflow(spec):
     return max(TINY[spec.dtype] * EPS[spec.dtype], 64 * TINY[compute_dtype(spec.dtype)])
 
 
-# The op's gamma and margin are float32 attributes, so they are drawn as float32 values: the
-# float64 rounding of anything else is test_float64_hyperparameters_keep_their_precision's bug.
-# Gamma starts at float32's smallest normal number for test_subnormal_gamma_is_accepted's bug.
-GAMMAS = st.floats(2.0**-126, 1024.0, width=32)
+# The op's gamma and margin are float32 attributes, so they are drawn as float32 values (see
+# test_float64_uses_float32_hyperparameters); gamma starts at validate_circle_args's minimum.
+GAMMAS = st.floats(float(np.nextafter(np.float32(MIN_GAMMA), np.float32(1))), 1024.0, width=32)
 MARGINS = st.floats(0.0, 1.0, exclude_max=True, width=32)
 
 
@@ -433,44 +434,26 @@ def small_batch():
     return np.array([0, 0, 1, 1, 2, 2]), unit_rows(rng, 6, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the fused op takes gamma and margin as float32 attributes, so in float64 a "
-    "margin such as 0.1 differs from the composite path's by 1.5e-9 and the losses by up to "
-    "~2e-9 relative, where the README promises agreement to about 1e-12",
-)
-def test_float64_hyperparameters_keep_their_precision():
+def test_float64_uses_float32_hyperparameters():
+    """The fused op's gamma and margin are float32 attributes (documented in the README): in
+    float64 it computes exactly what the composite path does with those values rounded."""
     labels, x = small_batch()
     kwargs = dict(gamma=80.0, margin=0.1)
+    rounded = {key: float(np.float32(value)) for key, value in kwargs.items()}
     fused = keras_margin.losses.circle(labels, x, implementation="fused", **kwargs)
-    composite = keras_margin.losses.circle(labels, x, implementation="composite", **kwargs)
+    composite = keras_margin.losses.circle(labels, x, implementation="composite", **rounded)
     np.testing.assert_allclose(fused, composite, rtol=1e-12)
+    exact = keras_margin.losses.circle(labels, x, implementation="composite", **kwargs)
+    np.testing.assert_allclose(fused, exact, rtol=1e-8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="BUG: a gamma below float32's smallest normal number (1.2e-38) passes "
-    "validate_circle_args but the fused op (and so implementation='auto') raises "
-    "InvalidArgumentError 'gamma must be finite and > 0, got 0'; the composite path "
-    "returns the gamma -> 0 limit",
-)
-def test_subnormal_gamma_is_accepted():
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+def test_gamma_below_the_minimum_is_refused(implementation):
     labels, x = small_batch()
-    x = x.astype(np.float32)
-    fused = keras_margin.losses.circle(labels, x, gamma=1e-39, implementation="fused")
-    composite = keras_margin.losses.circle(labels, x, gamma=1e-39, implementation="composite")
-    np.testing.assert_allclose(fused, composite, rtol=1e-6)
+    with pytest.raises(ValueError, match="`gamma` must be in"):
+        keras_margin.losses.circle(labels, x, gamma=1e-39, implementation=implementation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: labels of unknown static rank make circle raise 'ValueError: Cannot take the "
-    "length of shape with unknown rank'. tf.function(reduce_retracing=True), which Keras's "
-    "train step uses, relaxes labels to unknown rank once it has seen shapes (N,) and (N, 1); "
-    "keras.losses.circle does not raise there",
-)
 @pytest.mark.parametrize("implementation", ["fused", "composite"])
 def test_labels_of_unknown_rank(implementation):
     labels, x = small_batch()

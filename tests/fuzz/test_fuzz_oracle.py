@@ -31,6 +31,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import keras_margin
+from keras_margin.losses.gce import MIN_Q
 
 from . import budget
 
@@ -97,7 +98,7 @@ def oracle_specs(draw, loss):
         hinge_labels=draw(st.sampled_from(HINGE_LABEL_SETS)),
         label_dtype=draw(st.sampled_from(("int32", "int64"))),
         # A q below the dtype's normal range is test_gce_q_below_normal_range_is_finite's bug.
-        q=draw(st.floats(SMALLEST_NORMAL[dtype], 1.0, exclude_max=True)),
+        q=draw(st.floats(MIN_Q, 1.0, exclude_max=True)),
         special=draw(st.sampled_from((0.0, 0.1, 0.5, 1.0))),
         seed=draw(st.integers(0, 2**32 - 1)),
     )
@@ -216,13 +217,9 @@ def test_hinge_family_matches_keras(spec):
     assert_matches_keras(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a q that validate_q accepts but that underflows to 0 in the loss dtype "
-    "(float16: q < 2**-25; float32 and bfloat16: below 2**-126, flushed to zero) gives a NaN "
-    "loss, (1 - p**0) / 0; Keras 3.15 does the same",
-)
-def test_gce_q_below_normal_range_is_finite():
-    loss = keras_margin.losses.CategoricalGeneralizedCrossEntropy(q=1e-8, dtype="float16")
+def test_gce_q_below_the_minimum_is_refused_and_the_minimum_is_finite():
+    with pytest.raises(ValueError, match="`q` must be in"):
+        keras_margin.losses.CategoricalGeneralizedCrossEntropy(q=1e-8)
+    loss = keras_margin.losses.CategoricalGeneralizedCrossEntropy(q=MIN_Q, dtype="float16")
     value = loss(np.array([0]), np.array([[0.5, 0.5]]))
     assert np.isfinite(float(value))
