@@ -88,6 +88,12 @@ def guard(valid, message, tensor):
         return tf.identity(tensor)
 
 
+def all_finite(*tensors):
+    """A scalar bool tensor: whether every entry of the given tensors (None skipped) is finite."""
+    checks = [ops.all(ops.isfinite(tensor)) for tensor in tensors if tensor is not None]
+    return checks[0] if len(checks) == 1 else ops.all(ops.stack(checks))
+
+
 def nan_where_invalid(losses, valid):
     """Replaces the losses of invalid rows by NaN (only reachable under XLA; see above)."""
     if valid is None:

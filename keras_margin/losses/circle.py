@@ -10,6 +10,7 @@ from keras_margin._keras_internals import set_keras_mask
 from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
 from keras_margin.losses.checks import (
+    all_finite,
     guard,
     nan_where_invalid,
     require_columns,
@@ -257,9 +258,7 @@ def circle(
         )
     # One non-finite embedding takes part in every row's pairs, so every row is NaN; the fused
     # kernel's max-shifted sums and XLA's max would otherwise quietly drop a NaN.
-    finite = ops.all(ops.isfinite(embeddings))
-    if ref_embeddings is not None:
-        finite = ops.logical_and(finite, ops.all(ops.isfinite(ref_embeddings)))
+    finite = all_finite(embeddings, ref_embeddings)
     valid = finite if valid is None else ops.logical_and(valid, finite)
     losses = nan_where_invalid(losses, valid)
     # Keras masks with `losses > 0`; `!= 0` is the same on the loss's range [0, inf) but keeps

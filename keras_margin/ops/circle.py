@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_margin.losses.checks import all_finite, nan_where_invalid
 from keras_margin.ops import _loader
 
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -70,7 +71,8 @@ def circle_loss(
         self_reference=self_reference,
         Tstate=tf.float64 if x.dtype == tf.float64 else tf.float32,
     )
-    return loss
+    # The kernel's max-shifted sums would drop a NaN embedding; every row pairs with it.
+    return nan_where_invalid(loss, all_finite(x, None if self_reference else ref))
 
 
 def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
