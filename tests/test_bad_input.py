@@ -6,6 +6,7 @@ values raise ``InvalidArgumentError`` when the loss runs, except under XLA, whic
 there the affected rows are NaN (see ``keras_margin/losses/checks.py``).
 """
 
+import inputs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,9 +23,8 @@ def run(mode, fn, *args):
     return tf.function(fn, jit_compile=mode == "jit")(*args)
 
 
-def unit_rows(rng, n, d=4, dtype="float32"):
-    x = rng.normal(size=(n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+def unit_rows(rng, n, d=4):
+    return inputs.unit_rows(rng, n, d, "float32")
 
 
 def circle_fn(implementation, **kwargs):

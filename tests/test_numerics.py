@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+from inputs import unit_rows
 
 from keras_margin import losses
 
@@ -32,14 +33,9 @@ def value_and_gradient(fn, y_true, y_pred, mode, dtype):
     return tf.cast(value, "float64").numpy(), tf.cast(gradient, "float64").numpy()
 
 
-def unit_rows(rng, n, d=8):
-    x = rng.normal(size=(n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def awkward_batches(rng):
     """(name, labels, embeddings) batches at the edges of what Circle sees in training."""
-    x = unit_rows(rng, 12)
+    x = unit_rows(rng, 12, 8)
     return [
         ("random", np.arange(12) % 3, x),
         ("no-positives", np.arange(12), x),
@@ -98,7 +94,7 @@ def test_hinge_family_is_finite_at_large_scores(loss_class, dtype):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_embeddings_give_nan_not_a_crash(implementation, mode, bad, rng):
-    x = unit_rows(rng, 6)
+    x = unit_rows(rng, 6, 8)
     x[2, 3] = bad
     loss = losses.Circle(implementation=implementation, reduction="none")
     value, gradient = value_and_gradient(loss, np.arange(6) % 2, x, mode, "float32")

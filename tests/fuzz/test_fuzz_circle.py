@@ -27,6 +27,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from inputs import unit_rows
 
 import keras_margin
 from keras_margin.losses.circle import MIN_GAMMA
@@ -138,11 +139,6 @@ def circle_specs(draw, compiled=False, self_reference=False):
 
 def round_to(values, dtype):
     return tf.cast(tf.cast(values, dtype), tf.float64).numpy()
-
-
-def unit_rows(rng, n, d):
-    x = rng.normal(size=(n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def make_embeddings(rng, kind, n, m, d):
