@@ -88,6 +88,8 @@ def train(args):
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
+    except datasets.DatasetUnavailableError as error:
+        raise CommandError(f"{args.config}: data.source: {error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"{config.name}: {document['test_examples']} held-out examples")

@@ -32,8 +32,21 @@ def _digits():
     return digits.data / 16.0, digits.target
 
 
+class DatasetUnavailableError(RuntimeError):
+    """A dataset that could not be downloaded or read."""
+
+
 def _keras_dataset(module):
-    (x_train, y_train), (x_test, y_test) = module.load_data()
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data()
+    # keras.utils.get_file reports a failed download as a bare Exception.
+    except Exception as error:
+        name = module.__name__.rsplit(".", 1)[-1]
+        raise DatasetUnavailableError(
+            f"keras.datasets.{name} could not be loaded ({error}); it downloads on first use "
+            "into ~/.keras/datasets (or $KERAS_HOME/datasets), so check the network or that "
+            "folder"
+        ) from error
     x = np.concatenate([x_train, x_test]).reshape(len(y_train) + len(y_test), -1) / 255.0
     return x, np.concatenate([y_train, y_test])
 

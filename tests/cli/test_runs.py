@@ -210,3 +210,25 @@ def test_circle_digits_main_job_reaches_recall_at_1(tmp_path):
     (run,) = json.loads((out / "metrics.json").read_text())["runs"]
     assert run["metrics"]["recall_at_1"] >= 0.95
     assert run["metrics"]["map_at_r"] > 0.8
+
+
+def test_unreadable_keras_dataset_is_one_clear_error(tmp_path):
+    """A corrupt cached file (or a failed download) names the source and where it is cached."""
+    folder = tmp_path / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        for kind in ("labels-idx1", "images-idx3"):
+            (folder / f"{split}-{kind}-ubyte.gz").write_bytes(b"not gzip")
+    config = ROOT / "configs" / "circle_fashion_mnist.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_margin", "train", str(config), "--out", str(tmp_path / "o")],
+        env={**os.environ, "KERAS_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"keras-margin: error: {config}: data.source: keras.datasets.")
+    assert "fashion_mnist could not be loaded" in error and "KERAS_HOME" in error
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.incomplete*"))
