@@ -95,7 +95,7 @@ def all_finite(*tensors):
 
 
 def nan_where_invalid(losses, valid):
-    """Replaces the losses of invalid rows by NaN (only reachable under XLA; see above)."""
+    """Replaces the losses where ``valid`` is False by NaN; ``valid`` may be None (all are)."""
     if valid is None:
         return losses
     return ops.where(valid, losses, ops.cast(float("nan"), losses.dtype))

@@ -81,9 +81,7 @@ def _true_class_probability(y_pred, labels):
             (upstream,) = args
         # A select, not one_hot * upstream: with an empty batch, TF 2.21's grappler rewrites
         # that product (ReplaceMulWithBroadcastByTile) and divides by zero, killing the process.
-        is_label = ops.equal(
-            ops.expand_dims(labels, -1), ops.arange(ops.shape(y_pred)[-1], dtype=labels.dtype)
-        )
+        is_label = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype="bool")
         return ops.where(is_label, ops.expand_dims(upstream, -1), ops.zeros((), y_pred.dtype)), None
 
     picked = ops.take_along_axis(y_pred, ops.expand_dims(labels, -1), axis=-1)
