@@ -57,8 +57,9 @@ def require_broadcastable(a, a_name, b, b_name):
         ) from None
 
 
-def with_known_rank(labels, name, rows, rows_name):
-    """``labels`` reshaped to ``rows`` (a shape tensor) if their static rank is unknown.
+def with_known_rank(labels, name, y_pred, y_pred_name):
+    """``labels`` reshaped to one per row of ``y_pred`` (all axes but the last) if their static
+    rank is unknown.
 
     ``tf.function(reduce_retracing=True)``, which Keras's train step uses, relaxes labels to
     an unknown rank once it has seen both (N,) and (N, 1). Their size is checked when the
@@ -66,11 +67,12 @@ def with_known_rank(labels, name, rows, rows_name):
     """
     if labels.shape.rank is not None:
         return labels
+    rows = tf.shape(y_pred)[:-1]
     flat = tf.reshape(labels, [-1])
     check = tf.debugging.assert_equal(
         tf.size(flat, out_type=rows.dtype),
         tf.reduce_prod(rows),
-        message=f"Argument `{name}` must hold one class id per row of `{rows_name}`",
+        message=f"Argument `{name}` must hold one class id per row of `{y_pred_name}`",
     )
     with tf.control_dependencies([check]):
         return tf.reshape(flat, rows)

@@ -3,7 +3,6 @@
 import warnings
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
@@ -17,9 +16,8 @@ from keras_margin.losses.checks import (
     require_float,
     require_rank,
     require_same_size,
-    with_known_rank,
 )
-from keras_margin.losses.labels import class_ids
+from keras_margin.losses.labels import class_ids_per_row
 from keras_margin.registry import export_loss
 
 # Beyond these the loss is meaningless and overflows: a similarity logit is up to about
@@ -104,13 +102,7 @@ def _class_ids_per_row(labels, name, embeddings, embeddings_name):
 
     Any integer is a valid id, negative or beyond int32 included: ids are only compared.
     """
-    labels, whole = class_ids(labels, name)
-    rows = tf.shape(embeddings)[:1]
-    labels = with_known_rank(labels, name, rows, embeddings_name)
-    whole = None if whole is None else with_known_rank(whole, name, rows, embeddings_name)
-    if len(labels.shape) == 2 and labels.shape[-1] == 1:
-        labels = ops.squeeze(labels, -1)
-        whole = None if whole is None else ops.squeeze(whole, -1)
+    labels, whole = class_ids_per_row(labels, name, embeddings, embeddings_name)
     if len(labels.shape) != 1:
         raise ValueError(
             f"Argument `{name}` must have shape (N,) or (N, 1); received shape {labels.shape}."
@@ -256,10 +248,11 @@ def circle(
             labels if ref_labels is None else ref_labels,
             **hyperparameters,
         )
-    # One non-finite embedding takes part in every row's pairs, so every row is NaN; the fused
-    # kernel's max-shifted sums and XLA's max would otherwise quietly drop a NaN.
-    finite = all_finite(embeddings, ref_embeddings)
-    valid = finite if valid is None else ops.logical_and(valid, finite)
+    if not use_fused:  # keras_margin.ops.circle_loss already made these rows NaN
+        # One non-finite embedding takes part in every row's pairs, so every row is NaN;
+        # XLA's max would otherwise quietly drop a NaN.
+        finite = all_finite(embeddings, ref_embeddings)
+        valid = finite if valid is None else ops.logical_and(valid, finite)
     losses = nan_where_invalid(losses, valid)
     # Keras masks with `losses > 0`; `!= 0` is the same on the loss's range [0, inf) but keeps
     # NaN rows, which a zero mask weight would erase under XLA (it folds NaN * 0 to 0).

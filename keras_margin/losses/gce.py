@@ -10,9 +10,8 @@ from keras_margin.losses.checks import (
     nan_where_invalid,
     require_float,
     require_same_size,
-    with_known_rank,
 )
-from keras_margin.losses.labels import class_ids, squeeze_class_axis
+from keras_margin.losses.labels import class_ids_per_row
 from keras_margin.registry import export_loss
 
 # Floor for the true-class probability: keeps q * p**(q - 1), the gradient, finite at p = 0.
@@ -43,12 +42,7 @@ def _probability_floor(dtype):
 
 def _checked_labels(y_true, y_pred):
     """Class ids with one per row of ``y_pred``, and which are valid ids of its columns."""
-    labels, whole = class_ids(y_true)
-    rows = tf.shape(y_pred)[:-1]
-    labels = with_known_rank(labels, "y_true", rows, "y_pred")
-    whole = None if whole is None else with_known_rank(whole, "y_true", rows, "y_pred")
-    labels = squeeze_class_axis(labels, y_pred)
-    whole = None if whole is None else squeeze_class_axis(whole, y_pred)
+    labels, whole = class_ids_per_row(y_true, "y_true", y_pred, "y_pred")
     rows = y_pred.shape[:-1]
     if len(y_pred.shape) < 1 or len(labels.shape) != len(rows):
         raise ValueError(

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_margin.losses.checks import with_known_rank
+
 
 def class_ids(labels, name="y_true"):
     """Integer class ids from ``labels``, and which of them are valid (None if all are).
@@ -35,3 +37,17 @@ def squeeze_class_axis(labels, y_pred):
     if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
         return ops.squeeze(labels, -1)
     return labels
+
+
+def class_ids_per_row(labels, name, y_pred, y_pred_name):
+    """``class_ids`` shaped as one id per row of ``y_pred``, with their validity shaped alike.
+
+    Labels of unknown static rank are reshaped to the rows of ``y_pred`` (all its axes but the
+    last) and a trailing unit axis is dropped; the caller checks what remains.
+    """
+    labels, whole = class_ids(labels, name)
+
+    def per_row(tensor):
+        return squeeze_class_axis(with_known_rank(tensor, name, y_pred, y_pred_name), y_pred)
+
+    return per_row(labels), None if whole is None else per_row(whole)
