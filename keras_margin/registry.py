@@ -13,8 +13,11 @@ As with Keras's own names, the class name gives an instance of the class and the
 gives the function (which ``compile`` wraps in a ``LossFunctionWrapper``). That is also what a
 ``.keras`` file restores them to, through the serialization registry.
 
-``use_builtin_names()`` is the explicit opt-in that makes Keras's plain names (``"circle"``,
-``"Hinge"``, ...) resolve to keras_margin, and ``restore_builtin_names()`` undoes it.
+``use_builtin_names()`` is the explicit, process-wide opt-in that makes Keras's plain names
+(``"circle"``, ``"Hinge"``, ...) resolve to keras_margin, and ``restore_builtin_names()`` ends
+it. It is not scoped: Keras resolves a compiled loss string only at the first ``fit`` or
+``evaluate`` (and again after every reload), so a scope around ``compile`` would have ended
+before the string is ever looked up.
 """
 
 import keras
@@ -23,9 +26,9 @@ from keras_margin._keras_internals import LOSS_NAME_TABLE
 
 PACKAGE = "keras_margin"
 
-# Plain names -> keras_margin classes; used only inside `use_builtin_names()`.
+# Plain names -> keras_margin classes and functions; put in Keras's table by the opt-in.
 _BUILTIN_NAMES = {}
-# What Keras's table held under each plain name before keras_margin first overrode it.
+# What Keras's table held under each plain name before the opt-in replaced it.
 _KERAS_ENTRIES = {}
 _ABSENT = object()
 
@@ -48,52 +51,37 @@ def export_loss(function):
     return register
 
 
-def _set_table(entries):
-    for name, value in entries.items():
-        if value is _ABSENT:
-            LOSS_NAME_TABLE.pop(name, None)
-        else:
-            LOSS_NAME_TABLE[name] = value
-
-
-class _BuiltinNamesScope:
-    """Returned by ``use_builtin_names``; leaving it as a ``with`` block undoes the opt-in."""
-
-    def __init__(self, previous_entries):
-        self._previous_entries = previous_entries
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        _set_table(self._previous_entries)
-
-
 def use_builtin_names():
-    """Makes Keras's plain loss names resolve to keras_margin's implementations.
+    """Makes Keras's plain loss names resolve to keras_margin's implementations, until
+    ``restore_builtin_names()``.
 
-    After this call, ``model.compile(loss="circle")`` (or ``"Circle"``, ``"hinge"``,
-    ``"categorical_hinge"``, ...) uses keras_margin, and ``"categorical_generalized_cross_entropy"``
-    resolves too, which Keras alone cannot do. It affects only string look-ups made while it is
-    active; a model compiled inside it stores the plain string, so a fresh process resolves it
-    again with whatever names are active there.
+    While it is on, every string look-up of a plain name (``"circle"``, ``"Circle"``,
+    ``"hinge"``, ``"categorical_hinge"``, ...) gives keras_margin's loss, and
+    ``"categorical_generalized_cross_entropy"`` resolves too, which Keras alone cannot do:
 
-    It takes effect at once and can also be used as a context manager, which restores the
-    previous names on exit:
+    >>> keras_margin.use_builtin_names()
+    >>> model.compile(optimizer="adam", loss="categorical_hinge")
+    >>> model.fit(x, y)  # trains with keras_margin.losses.categorical_hinge
 
-    >>> with keras_margin.use_builtin_names():
-    ...     model.compile(optimizer="adam", loss="circle")
-
-    Returns:
-        A context manager that undoes this call when its block ends.
+    The opt-in is process-wide and has no scoped form: Keras looks a compiled loss string up at
+    the first ``fit`` or ``evaluate``, not in ``compile``, so it must still be on then. A model
+    compiled with a plain string stores only that string, so a process that reloads it
+    resolves the name with the opt-in of that process. Calling it again changes nothing.
     """
-    previous = {name: LOSS_NAME_TABLE.get(name, _ABSENT) for name in _BUILTIN_NAMES}
-    for name, entry in previous.items():
-        _KERAS_ENTRIES.setdefault(name, entry)
-    LOSS_NAME_TABLE.update(_BUILTIN_NAMES)
-    return _BuiltinNamesScope(previous)
+    for name, obj in _BUILTIN_NAMES.items():
+        _KERAS_ENTRIES.setdefault(name, LOSS_NAME_TABLE.get(name, _ABSENT))
+        LOSS_NAME_TABLE[name] = obj
 
 
 def restore_builtin_names():
-    """Gives Keras's plain loss names their Keras meaning again, ending every opt-in."""
-    _set_table(_KERAS_ENTRIES)
+    """Gives Keras's plain loss names their Keras meaning again, ending the opt-in.
+
+    Models compiled while the opt-in was on, and not yet trained or evaluated, will resolve
+    their loss strings to Keras's losses.
+    """
+    for name, entry in _KERAS_ENTRIES.items():
+        if entry is _ABSENT:
+            LOSS_NAME_TABLE.pop(name, None)
+        else:
+            LOSS_NAME_TABLE[name] = entry
+    _KERAS_ENTRIES.clear()

@@ -7,6 +7,7 @@ there the affected rows are NaN (see ``keras_margin/losses/checks.py``).
 """
 
 import inputs
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -354,6 +355,7 @@ CIRCLE_ARGUMENTS = [
     ("gamma", 1e6, ValueError, "`gamma` must be in \\[0.001, 10000\\]"),
     ("gamma", "80", TypeError, "`gamma` must be a finite float"),
     ("gamma", True, TypeError, "`gamma` must be a finite float"),
+    ("gamma", 10**400, ValueError, "`gamma` must be a finite float; received an integer of 401"),
     ("margin", float("nan"), ValueError, "`margin` must be a finite float"),
     ("margin", 2.0, ValueError, "`margin` must be in \\[-1, 1\\]"),
     ("remove_diagonal", "yes", TypeError, "`remove_diagonal` must be a bool"),
@@ -379,6 +381,7 @@ def test_circle_arguments_are_checked_everywhere(argument, value, error, message
         (1.0, ValueError, "`q` must be in \\[0.001, 1\\)"),
         (float("nan"), ValueError, "`q` must be a finite float"),
         ("0.5", TypeError, "`q` must be a finite float"),
+        (-(10**400), ValueError, "`q` must be a finite float; received an integer of 401"),
     ],
 )
 def test_gce_q_is_checked_everywhere(value, error, message):
@@ -394,7 +397,22 @@ def test_gce_q_is_checked_everywhere(value, error, message):
 def test_configs_with_unknown_keys_or_bad_reductions_are_refused(loss_class):
     with pytest.raises(ValueError, match=r"Unknown \w+ config key\(s\) \['margin_of_error'\]"):
         loss_class.from_config({"margin_of_error": 1})
-    with pytest.raises(ValueError, match="`reduction` must be one of"):
+    with pytest.raises(ValueError, match="Invalid value for argument `reduction`"):
         loss_class.from_config({"reduction": "median"})
     with pytest.raises(ValueError, match="config must be a dict"):
         loss_class.from_config(["reduction", "sum"])
+
+
+@pytest.mark.parametrize("dtype", [{"colour": "red"}, {"class_name": "Nope", "config": {}}, 3])
+@pytest.mark.parametrize("loss_class", [losses.Hinge, losses.Circle])
+def test_bad_dtypes_are_a_value_error_naming_dtype(loss_class, dtype):
+    with pytest.raises(ValueError, match="Argument `dtype` must be None, a dtype name"):
+        loss_class(dtype=dtype)
+    with pytest.raises(ValueError, match="Argument `dtype` must be None, a dtype name"):
+        loss_class.from_config({"dtype": dtype})
+
+
+def test_a_dtype_policy_config_is_a_valid_dtype():
+    policy = keras.DTypePolicy("float64")
+    loss = losses.Hinge(dtype=keras.saving.serialize_keras_object(policy))
+    assert loss.dtype == "float64"

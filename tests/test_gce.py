@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import reference
+import tensorflow as tf
 
 from keras_margin import losses
 
@@ -16,7 +17,7 @@ class TestCategoricalGeneralizedCrossEntropy:
         loss = losses.CategoricalGeneralizedCrossEntropy(q=0.3, name="gce", dtype="float64")
         config = loss.get_config()
         assert config == {"name": "gce", "reduction": "sum_over_batch_size", "dtype": "float64",
-                          "q": 0.3}  # fmt: skip
+                          "q": 0.3, "from_logits": False}  # fmt: skip
         restored = losses.CategoricalGeneralizedCrossEntropy.from_config(config)
         assert restored.get_config() == config
 
@@ -64,3 +65,111 @@ class TestCategoricalGeneralizedCrossEntropy:
             losses.CategoricalGeneralizedCrossEntropy(q=q)
         with pytest.raises(ValueError, match="`q`"):
             losses.categorical_generalized_cross_entropy(Y_TRUE, Y_PRED, q)
+
+    def test_q_is_an_attribute_as_in_keras(self):
+        loss = losses.CategoricalGeneralizedCrossEntropy(q=0.3)
+        assert loss.q == keras.losses.CategoricalGeneralizedCrossEntropy(q=0.3).q == 0.3
+        loss.q = 0.9  # user code may change it, as with Keras's class
+        np.testing.assert_allclose(
+            loss(Y_TRUE, Y_PRED), np.mean(reference.gce(Y_TRUE, Y_PRED, 0.9)), rtol=1e-6
+        )
+        assert loss.get_config()["q"] == 0.9
+
+    @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+    def test_value_at_zero_probability_is_keras_exactly(self, dtype):
+        # Keras's value 1/q; only the gradient is taken at the floor.
+        probs = np.array([[0.0, 1.0], [0.3, 0.7]])
+        for q in (0.1, 0.5, 0.9):
+            ours = losses.categorical_generalized_cross_entropy(
+                np.array([0, 1]), keras.ops.cast(probs, dtype), q
+            )
+            theirs = keras.losses.categorical_generalized_cross_entropy(
+                np.array([0, 1]), keras.ops.cast(probs, dtype), q
+            )
+            assert float(ours[0]) == float(theirs[0]) == pytest.approx(1 / q, rel=1e-2)
+            np.testing.assert_array_equal(ours, theirs)
+
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    def test_gradient_at_zero_probability_is_the_floored_derivative(self, jit_compile):
+        probs = tf.constant([[0.0, 1.0], [1e-9, 1.0], [0.3, 0.7]], tf.float64)
+
+        @tf.function(jit_compile=jit_compile)
+        def value_and_gradient(probs):
+            with tf.GradientTape() as tape:
+                tape.watch(probs)
+                rows = losses.categorical_generalized_cross_entropy(np.array([0, 0, 1]), probs, 0.5)
+            return rows, tape.gradient(rows, probs)
+
+        rows, gradient = value_and_gradient(probs)
+        # d/dp (1 - p**q) / q = -p**(q - 1), at max(p, 1e-7) for the first two rows.
+        expected = [[-(1e-7**-0.5), 0.0], [-(1e-7**-0.5), 0.0], [0.0, -(0.7**-0.5)]]
+        np.testing.assert_allclose(gradient, expected, rtol=1e-12)
+        np.testing.assert_allclose(rows, [2.0, (1 - 1e-9**0.5) / 0.5, (1 - 0.7**0.5) / 0.5])
+
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    def test_negative_or_nan_true_class_probability_gives_nan(self, jit_compile):
+        probs = tf.constant([[-0.1, 1.1], [np.nan, 1.0], [0.3, 0.7]], tf.float32)
+
+        @tf.function(jit_compile=jit_compile)
+        def value_and_gradient(probs):
+            with tf.GradientTape() as tape:
+                tape.watch(probs)
+                rows = losses.categorical_generalized_cross_entropy(np.array([0, 0, 1]), probs)
+            return rows, tape.gradient(rows, probs)
+
+        rows, gradient = value_and_gradient(probs)
+        assert np.isnan(rows[:2]).all() and np.isfinite(rows[2])
+        assert np.isnan(gradient[0, 0]) and np.isnan(gradient[1, 0])
+
+
+class TestCategoricalGeneralizedCrossEntropyFromLogits:
+    def test_config_round_trip(self):
+        loss = losses.CategoricalGeneralizedCrossEntropy(q=0.7, from_logits=True)
+        assert loss.from_logits is True
+        restored = losses.CategoricalGeneralizedCrossEntropy.from_config(loss.get_config())
+        assert restored.from_logits is True and restored.q == 0.7
+
+    def test_from_logits_must_be_a_bool(self):
+        with pytest.raises(TypeError, match="`from_logits` must be a bool"):
+            losses.CategoricalGeneralizedCrossEntropy(from_logits="yes")
+
+    @pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    def test_equals_the_probability_form_of_softmax(self, rng, q, jit_compile):
+        logits = tf.constant(rng.normal(scale=3.0, size=(40, 6)))
+        labels = rng.integers(0, 6, size=40)
+
+        @tf.function(jit_compile=jit_compile)
+        def both(logits):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(logits)
+                from_logits = losses.categorical_generalized_cross_entropy(
+                    labels, logits, q, from_logits=True
+                )
+                from_probs = losses.categorical_generalized_cross_entropy(
+                    labels, tf.nn.softmax(logits), q
+                )
+            return (
+                from_logits,
+                from_probs,
+                tape.gradient(from_logits, logits),
+                tape.gradient(from_probs, logits),
+            )
+
+        value, expected, gradient, expected_gradient = both(logits)
+        np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-9, atol=1e-15)
+
+    def test_saturated_logits_have_finite_value_and_gradient(self):
+        logits = tf.constant([[-200.0, 200.0], [0.0, 1.0]])
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = losses.CategoricalGeneralizedCrossEntropy(q=0.5, from_logits=True)(
+                np.array([0, 1]), logits
+            )
+        gradient = tape.gradient(loss, logits).numpy()
+        assert np.isfinite(float(loss)) and np.isfinite(gradient).all()
+        # The true class's log-probability is -400: its row's gradient -q p**q (onehot - p) / q
+        # is about exp(-200), not the 0 that the probability form, with p = 0, gives.
+        assert gradient[1].any()
+        np.testing.assert_allclose(float(loss), (2.0 + (1 - np.sqrt(1 / (1 + np.exp(-1)))) / 0.5) / 2)

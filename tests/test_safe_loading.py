@@ -58,13 +58,15 @@ TAMPERED = [
     ("circle", set_key("gamma", float("inf")), "`gamma` must be a finite float"),
     ("circle", set_key("gamma", 1e300), "`gamma` must be in [0.001, 10000]"),
     ("circle", set_key("margin", 50.0), "`margin` must be in [-1, 1]"),
+    ("circle", set_key("gamma", 10**400), "`gamma` must be a finite float; received an integer"),
+    ("circle", set_key("dtype", {"policy": "float32"}), "Argument `dtype` must be None"),
     ("circle", set_key("remove_diagonal", "yes"), "`remove_diagonal` must be a bool"),
     ("circle", set_key("cross_replica", 1), "`cross_replica` must be a bool"),
     ("circle", set_key("implementation", "rm -rf /"), "`implementation` must be one of"),
     ("circle", set_key("colour", "red"), "Unknown Circle config key(s) ['colour']"),
     ("gce", set_key("q", 2.0), "`q` must be in [0.001, 1)"),
     ("gce", set_key("q", [0.5]), "`q` must be a finite float"),
-    ("gce", set_key("reduction", "everything"), "`reduction` must be one of"),
+    ("gce", set_key("reduction", "everything"), "Invalid value for argument `reduction`"),
     ("hinge", set_key("delta", 1.0), "Unknown Hinge config key(s) ['delta']"),
 ]
 # Keras itself rejects a config that is not a dict, as a TypeError naming the class.

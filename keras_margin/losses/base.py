@@ -20,9 +20,16 @@ def validate_finite(name, value):
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
-    if not math.isfinite(value):
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"Argument `{name}` must be a finite float; received an integer of "
+            f"{len(str(abs(value)))} digits, beyond the float range."
+        ) from None
+    if not math.isfinite(as_float):
         raise ValueError(f"Argument `{name}` must be a finite float; received {name}={value!r}.")
-    return float(value)
+    return as_float
 
 
 def validate_bool(name, value):
@@ -66,11 +73,27 @@ class MarginLoss(keras.losses.Loss):
     """
 
     def __init__(self, fn, *, reduction, name, dtype, **fn_kwargs):
-        super().__init__(name=name, reduction=validate_reduction(reduction), dtype=dtype)
+        reduction = validate_reduction(reduction)
+        try:
+            super().__init__(name=name, reduction=reduction, dtype=dtype)
+        except (AttributeError, TypeError, ValueError) as error:
+            raise ValueError(
+                "Argument `dtype` must be None, a dtype name or a `keras.DTypePolicy` (or its "
+                f"config); received dtype={dtype!r} ({error})."
+            ) from None
         self.fn = fn
-        self.fn_kwargs = fn_kwargs
+        # The hyper-parameters are attributes, as on Keras's classes (`loss.gamma`, `loss.q`);
+        # `call` and `get_config` read them from there.
+        self._fn_arg_names = tuple(fn_kwargs)
+        for key, value in fn_kwargs.items():
+            setattr(self, key, value)
         # `None` is kept as such so that a restored loss follows the floatx of its new process.
         self._dtype_config = None if dtype is None else self._dtype_policy.name
+
+    @property
+    def fn_kwargs(self):
+        """The keyword arguments ``call`` passes to ``fn``: the hyper-parameter attributes."""
+        return {key: getattr(self, key) for key in self._fn_arg_names}
 
     def convert_labels(self, y_true):
         """Converts labels for ``fn``; by default to the loss dtype, as Keras does."""

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_finite
+from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
 from keras_margin.losses.checks import (
     guard,
     nan_where_invalid,
@@ -14,9 +14,9 @@ from keras_margin.losses.checks import (
 from keras_margin.losses.labels import class_ids_per_row
 from keras_margin.registry import export_loss
 
-# Floor for the true-class probability: keeps q * p**(q - 1), the gradient, finite at p = 0.
-# float16 cannot hold 1e-7 as a normal number, and 1/1e-7 overflows it, so it gets its smallest
-# normal number instead.
+# Where the true-class probability is below this floor, the gradient is taken at the floor:
+# Keras's -p**(q - 1) is infinite at p = 0. float16 cannot hold 1e-7 as a normal number, and
+# 1/1e-7 overflows it, so it gets its smallest normal number instead.
 _PROBABILITY_FLOOR = 1e-7
 _FLOAT16_PROBABILITY_FLOOR = 2.0**-14
 
@@ -62,11 +62,11 @@ def _checked_labels(y_true, y_pred):
 
 
 @ops.custom_gradient
-def _true_class_probability(y_pred, labels):
+def _true_class_entry(y_pred, labels):
     """Gathers ``y_pred[..., labels]``; its gradient is one dense one-hot product.
 
-    A gather reads one probability per row where Keras's one-hot product reads all of them.
-    Its default gradient (a scatter of the gathered slices) is several times slower than the
+    A gather reads one entry per row where Keras's one-hot product reads all of them. Its
+    default gradient (a scatter of the gathered slices) is several times slower than the
     forward pass it saves, so the gradient is written out directly.
     """
 
@@ -82,7 +82,29 @@ def _true_class_probability(y_pred, labels):
     return ops.squeeze(picked, -1), grad
 
 
-def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
+def _gce_of_probability(p, q):
+    """``(1 - p**q) / q``, Keras's exact value, with a gradient that is finite at ``p = 0``.
+
+    The value is never floored, so a row with ``p = 0`` gives Keras's ``1 / q``; only the
+    derivative ``-p**(q - 1)`` is taken at the floor for ``p`` in [0, floor). A negative or NaN
+    probability gives NaN, in the value and the gradient.
+    """
+    floor = ops.convert_to_tensor(_probability_floor(p.dtype), dtype=p.dtype)
+
+    @ops.custom_gradient
+    def gce(p):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            tiny = ops.logical_and(p >= 0, p < floor)
+            return -upstream * ops.power(ops.where(tiny, floor, p), q - 1.0)
+
+        return (1.0 - ops.power(p, q)) / q, grad
+
+    return gce(p)
+
+
+def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
     """Computes the generalized cross entropy (GCE) loss.
 
     GCE is robust to noisy labels. It interpolates between cross entropy (`q -> 0`) and mean
@@ -94,15 +116,20 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
     loss = (1 - p**q) / q
     ```
 
-    where `p` is the predicted probability of the true class, floored at a tiny epsilon (1e-7,
-    or float16's smallest normal number) so that the gradient is finite when `p` is 0.
+    where `p` is the predicted probability of the true class. Its gradient, `-p**(q - 1)`, is
+    infinite at `p = 0`; there (for `p` below 1e-7, or float16's smallest normal number) it is
+    taken at that floor, while the value stays exactly Keras's. With `from_logits=True`,
+    `p**q` is computed as `exp(q * log_softmax(y_pred))`, which never meets `p = 0`.
 
     Args:
         y_true: Integer class ids, shape `[batch_size]` or `[batch_size, 1]` (more leading axes
             are allowed, matching `y_pred`'s).
-        y_pred: Predicted class probabilities, shape `[batch_size, num_classes]`.
+        y_pred: Predicted class probabilities, or logits if `from_logits`, shape
+            `[batch_size, num_classes]`.
         q: Float in (0, 1), the noise parameter. Defaults to 0.5 (Keras's function has no
             default; this one has, so that the string name works in `compile`).
+        from_logits: Whether `y_pred` holds logits rather than probabilities. Defaults to
+            `False`.
 
     Returns:
         GCE loss values, shape `[batch_size]`.
@@ -115,15 +142,19 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5):
     array([0.32668, 0.21115, 0.45081, 0.45081])
     """
     q = validate_q(q)
+    from_logits = validate_bool("from_logits", from_logits)
     # tf.convert_to_tensor, not ops.convert_to_tensor: the latter passes a tf.Variable through,
     # and keras.ops.take_along_axis then fails on it.
     y_pred = tf.convert_to_tensor(y_pred)
     require_float(y_pred, "y_pred")
     labels, valid = _checked_labels(y_true, y_pred)
     safe_labels = labels if valid is None else ops.where(valid, labels, ops.zeros_like(labels))
-    p = _true_class_probability(y_pred, safe_labels)
-    p = ops.maximum(p, ops.cast(_probability_floor(y_pred.dtype), y_pred.dtype))
-    return nan_where_invalid((1.0 - ops.power(p, q)) / q, valid)
+    if from_logits:
+        log_p = _true_class_entry(ops.log_softmax(y_pred, axis=-1), safe_labels)
+        losses = -ops.expm1(q * log_p) / q
+    else:
+        losses = _gce_of_probability(_true_class_entry(y_pred, safe_labels), q)
+    return nan_where_invalid(losses, valid)
 
 
 @export_loss(function=categorical_generalized_cross_entropy)
@@ -139,7 +170,8 @@ class CategoricalGeneralizedCrossEntropy(ClassIdLoss):
     loss = (1 - p**q) / q
     ```
 
-    where `p` is the predicted probability of the true class.
+    where `p` is the predicted probability of the true class. The gradient is kept finite where
+    `p` is 0 (see `keras_margin.losses.categorical_generalized_cross_entropy`).
 
     `y_true` holds integer class ids of shape `[batch_size]` or `[batch_size, 1]`; they are never
     cast through a float dtype. `y_pred` holds probabilities of shape
@@ -148,6 +180,8 @@ class CategoricalGeneralizedCrossEntropy(ClassIdLoss):
     Args:
         q: Float in (0, 1), the noise parameter. As `q` approaches 0 the loss behaves like
             cross entropy, as it approaches 1 like mean absolute error. Defaults to 0.5.
+        from_logits: Whether `y_pred` holds logits rather than probabilities; then `p**q` is
+            computed stably as `exp(q * log_softmax(y_pred))`. Defaults to `False`.
         {REDUCTION_DOC}
 
     Example:
@@ -168,6 +202,7 @@ class CategoricalGeneralizedCrossEntropy(ClassIdLoss):
         reduction="sum_over_batch_size",
         name="categorical_generalized_cross_entropy",
         dtype=None,
+        from_logits=False,
     ):
         super().__init__(
             categorical_generalized_cross_entropy,
@@ -175,4 +210,5 @@ class CategoricalGeneralizedCrossEntropy(ClassIdLoss):
             name=name,
             dtype=dtype,
             q=validate_q(q),
+            from_logits=validate_bool("from_logits", from_logits),
         )

@@ -15,10 +15,15 @@ REDUCTIONS = ("sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "
 
 
 def validate_reduction(reduction):
-    """Returns ``reduction`` if Keras supports it, else raises a ``ValueError`` naming it."""
+    """Returns ``reduction`` if Keras supports it, else raises Keras's ``ValueError``.
+
+    The wording is Keras's own, which code written against ``keras.losses`` (Keras's test suite
+    included) matches on.
+    """
     if reduction not in REDUCTIONS:
         raise ValueError(
-            f"Argument `reduction` must be one of {REDUCTIONS}; received reduction={reduction!r}."
+            f"Invalid value for argument `reduction`. Expected one of {REDUCTIONS}. "
+            f"Received: reduction={reduction!r}"
         )
     return reduction
 
