@@ -3,15 +3,20 @@
 ``export_loss`` is the one decorator every loss class goes through. It
 
 - registers the class and its per-sample function with
-  ``keras.saving.register_keras_serializable(package="keras_margin")``, so ``.keras`` files
-  round-trip once ``keras_margin`` is imported;
+  ``keras.saving.register_keras_serializable(package="keras_margin.losses")``, so ``.keras``
+  files round-trip once ``keras_margin`` is imported;
 - makes ``"keras_margin>ClassName"`` and ``"keras_margin>function_name"`` valid strings for
   ``model.compile(loss=...)``. Keras resolves loss strings only from its own table (keras issue
   20112), so these namespaced keys are added to it; no Keras name changes meaning.
 
+The compile strings and the registered names differ on purpose. A model compiled with a string
+saves the string, and reloading passes every saved string through Keras's custom-object
+registry, which would turn a registered name into the bare class object (no loss instance, no
+``get_config``). Kept out of the registry, the string reloads as the same string and resolves
+again, as Keras's own names do.
+
 As with Keras's own names, the class name gives an instance of the class and the function name
-gives the function (which ``compile`` wraps in a ``LossFunctionWrapper``). That is also what a
-``.keras`` file restores them to, through the serialization registry.
+gives the function (which ``compile`` wraps in a ``LossFunctionWrapper``).
 
 ``use_builtin_names()`` is the explicit, process-wide opt-in that makes Keras's plain names
 (``"circle"``, ``"Hinge"``, ...) resolve to keras_margin, and ``restore_builtin_names()`` ends
@@ -24,7 +29,9 @@ import keras
 
 from keras_margin._keras_internals import LOSS_NAME_TABLE
 
-PACKAGE = "keras_margin"
+# The prefix of the compile strings, and the package of the registered (serialized) names.
+STRING_PREFIX = "keras_margin"
+SERIALIZATION_PACKAGE = "keras_margin.losses"
 
 # Plain names -> keras_margin classes and functions; put in Keras's table by the opt-in.
 _BUILTIN_NAMES = {}
@@ -41,10 +48,9 @@ def export_loss(function):
     """
 
     def register(cls):
-        keras.saving.register_keras_serializable(package=PACKAGE)(cls)
-        keras.saving.register_keras_serializable(package=PACKAGE)(function)
         for obj in (cls, function):
-            LOSS_NAME_TABLE[f"{PACKAGE}>{obj.__name__}"] = obj
+            keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)(obj)
+            LOSS_NAME_TABLE[f"{STRING_PREFIX}>{obj.__name__}"] = obj
             _BUILTIN_NAMES[obj.__name__] = obj
         return cls
 

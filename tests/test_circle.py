@@ -104,6 +104,18 @@ class TestCircle:
         loss = losses.Circle(reduction=None, implementation=implementation)
         np.testing.assert_allclose(loss(labels[:, None], x), reference.circle(labels, x), rtol=1e-5)
 
+    def test_hyperparameters_are_attributes_as_in_keras(self, batch):
+        loss = losses.Circle(gamma=64.0, margin=0.25, remove_diagonal=False)
+        theirs = keras.losses.Circle(gamma=64.0, margin=0.25, remove_diagonal=False)
+        for name in ("gamma", "margin", "remove_diagonal"):
+            assert getattr(loss, name) == getattr(theirs, name), name
+        assert (loss.implementation, loss.cross_replica) == ("auto", True)
+        loss.gamma = 32.0  # read by the next call and by get_config, as in Keras
+        np.testing.assert_allclose(
+            loss(*batch), losses.Circle(gamma=32.0, margin=0.25, remove_diagonal=False)(*batch)
+        )
+        assert loss.get_config()["gamma"] == 32.0
+
     def test_unknown_implementation_names_the_argument(self):
         with pytest.raises(ValueError, match="`implementation`"):
             losses.Circle(implementation="cuda")

@@ -38,35 +38,51 @@ def test_keras_names_keep_their_meaning_without_opt_in():
         keras.losses.get("categorical_generalized_cross_entropy")
 
 
-def test_use_builtin_names_as_a_with_block():
-    with keras_margin.use_builtin_names():
+def compiled_loss_module(model):
+    """The module of the loss a compiled model trained with (resolved at its first fit)."""
+    (loss,) = [entry.loss for entry in model._compile_loss._flat_losses]
+    loss = getattr(loss, "fn", loss)  # a LossFunctionWrapper's function
+    return getattr(loss, "__module__", type(loss).__module__)
+
+
+def test_use_builtin_names_trains_with_keras_margin_until_restored():
+    # The README's usage: opt in, compile with a plain name, fit later.
+    try:
+        keras_margin.use_builtin_names()
+        keras_margin.use_builtin_names()  # a second call changes nothing
         for identifier in PLAIN_NAMES:
             assert resolve(identifier) is getattr(losses, identifier), identifier
-        model, x, y = make_task("gce")
-        model.compile(optimizer="sgd", loss="categorical_generalized_cross_entropy")
-        assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
-    assert resolve("circle") is keras.losses.circle
-    assert resolve("CategoricalHinge") is keras.losses.CategoricalHinge
+        # (task, plain name, the module keras_margin implements it in)
+        cases = [
+            ("categorical_hinge", "categorical_hinge", "keras_margin.losses.hinge"),
+            ("gce", "categorical_generalized_cross_entropy", "keras_margin.losses.gce"),
+        ]
+        compiled = []
+        for task, name, module in cases:
+            model, x, y = make_task(task)
+            model.compile(optimizer="sgd", loss=name)
+            compiled.append((model, x, y, module))
+        for model, x, y, module in compiled:
+            assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+            assert compiled_loss_module(model) == module
+    finally:
+        keras_margin.restore_builtin_names()
+    model, x, y = make_task("categorical_hinge")
+    model.compile(optimizer="sgd", loss="categorical_hinge")
+    model.fit(x, y, epochs=1, verbose=0)
+    assert compiled_loss_module(model) == "keras.src.losses.losses"
+    assert resolve("Circle") is keras.losses.Circle
+    assert resolve("squared_hinge") is keras.losses.squared_hinge
+    assert resolve("keras_margin>Circle") is losses.Circle
     with pytest.raises(ValueError, match="Could not interpret"):
         keras.losses.get("CategoricalGeneralizedCrossEntropy")
 
 
-def test_use_builtin_names_as_a_call_until_restored():
+def test_the_scoped_form_is_refused_rather_than_silently_ignored():
+    # A `with` block would end before Keras resolves the string at fit; the opt-in is a call.
     try:
-        keras_margin.use_builtin_names()
-        keras_margin.use_builtin_names()  # a second call changes nothing
-        assert resolve("Circle") is losses.Circle
-        assert resolve("squared_hinge") is losses.squared_hinge
+        with pytest.raises(TypeError, match="context manager"):
+            with keras_margin.use_builtin_names():
+                pass
     finally:
         keras_margin.restore_builtin_names()
-    assert resolve("Circle") is keras.losses.Circle
-    assert resolve("squared_hinge") is keras.losses.squared_hinge
-    assert resolve("keras_margin>Circle") is losses.Circle
-
-
-def test_nested_blocks_restore_in_order():
-    with keras_margin.use_builtin_names():
-        with keras_margin.use_builtin_names():
-            pass
-        assert resolve("hinge") is losses.hinge
-    assert resolve("hinge") is keras.losses.hinge

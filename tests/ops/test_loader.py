@@ -79,3 +79,18 @@ def test_missing_library_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(_loader, "LIBRARY_PATH", tmp_path / "_circle_loss_op.so")
     with pytest.raises(_loader.CustomOpUnavailableError, match="was not built"):
         _loader._load()
+
+
+def test_ops_is_reachable_after_a_plain_package_import():
+    # The README's export recipe calls keras_margin.ops.custom_op_available() after
+    # `import keras_margin` alone; importing the package must not load the library.
+    script = (
+        "import json, sys, keras_margin\n"
+        "imported_ops = 'keras_margin.ops' in sys.modules\n"
+        "print(json.dumps([imported_ops, keras_margin.ops.custom_op_available()]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [False, True]
