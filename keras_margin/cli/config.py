@@ -155,6 +155,11 @@ class LossConfig:
     def kind(self):
         return LOSS_KINDS[self.name]
 
+    @property
+    def head(self):
+        """The model's output layer: a loss given ``from_logits = true`` takes raw scores."""
+        return "linear" if self.arguments.get("from_logits") is True else self.kind.head
+
     def build(self):
         return self.kind.make(**self.arguments)
 

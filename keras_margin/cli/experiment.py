@@ -55,7 +55,7 @@ def build_model(config, input_dim, loss):
         layers.append(keras.layers.Dense(units, activation="relu"))
         if config.model.dropout:
             layers.append(keras.layers.Dropout(config.model.dropout))
-    head = loss.kind.head
+    head = loss.head
     if head == "unit_norm":
         layers.append(keras.layers.Dense(config.model.embedding_dim))
         layers.append(keras.layers.UnitNormalization())

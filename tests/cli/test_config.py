@@ -3,9 +3,11 @@
 import tomllib
 from pathlib import Path
 
+import keras
 import pytest
 
 from keras_margin.cli import config as configs
+from keras_margin.cli import experiment
 from keras_margin.cli import main
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
@@ -88,6 +90,17 @@ def test_set_overrides_parse_toml_values(assignment, key, expected, tmp_path):
     document = tomllib.loads(VALID)
     configs.apply_override(document, assignment)
     assert document[key[0]][key[1]] == expected
+
+
+def test_gce_from_logits_in_a_config_trains_a_linear_head(tmp_path):
+    config = configs.load(GCE_CONFIG, ["loss.1.from_logits=true"])
+    ce, gce = config.losses
+    assert gce.build().get_config()["from_logits"] is True
+    assert (ce.head, gce.head) == ("softmax", "linear")
+    model = experiment.build_model(config, 64, gce)
+    assert model.layers[-1].activation is keras.activations.linear
+    with pytest.raises(configs.ConfigError, match="from_logits"):
+        configs.load(GCE_CONFIG, ["loss.1.from_logits=1"])
 
 
 def test_set_indexes_loss_arrays(tmp_path):
