@@ -66,6 +66,51 @@ def sum_over_replicas(context, value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(value))
 
 
+def replica_share(context, total, divisor, rows):
+    """This replica's loss: its part of the single-device loss ``sum(total) / sum(divisor)``.
+
+    Args:
+        context: The multi-replica context.
+        total: This replica's sum of weighted per-sample losses.
+        divisor: This replica's part of the divisor (element count, valid rows or weights), or
+            None for a plain sum.
+        rows: This replica's batch rows.
+
+    Its gradient is that of ``total / sum(divisor)``, so the replicas' summed gradients are the
+    single-device ones. Its *value* also carries a constant correction, zero when every replica
+    has as many rows, so that both ways of aggregating replica losses report the single-device
+    loss ``L``, even and uneven slices alike:
+
+    - a custom loop's ``strategy.reduce("sum", loss)``: the values sum to ``L``;
+    - Keras's ``fit`` and ``evaluate``, which log the mean of ``R * loss`` weighted by each
+      replica's rows (``R`` replicas, ``B`` rows in all): ``sum(R * loss * rows) / B = L``.
+
+    The correction ``alpha * (rows - B / R)`` sums to zero over the replicas, and ``alpha`` is
+    the one number that makes the second equation hold as well.
+    """
+    import tensorflow as tf
+
+    dtype = total.dtype
+    plain_sum = divisor is None
+    # Counts and sums of squares must stay exact: bookkeeping in float32 at least.
+    work = tf.float64 if dtype == tf.float64 else tf.float32
+    total_w = tf.cast(tf.stop_gradient(total), work)
+    rows = tf.cast(rows, work)
+    divisor = tf.zeros((), work) if divisor is None else tf.cast(divisor, work)
+    sums = sum_over_replicas(context, tf.stack([divisor, total_w, total_w * rows, rows, rows**2]))
+    global_divisor, global_total, rows_weighted_total, global_rows, rows_squared = tf.unstack(sums)
+    if plain_sum:
+        share, global_divisor = total, tf.ones((), work)
+    else:
+        share = tf.math.divide_no_nan(total, tf.cast(global_divisor, dtype))
+    replicas = tf.cast(context.num_replicas_in_sync, work)
+    loss = tf.math.divide_no_nan(global_total, global_divisor)
+    logged_by_keras = tf.math.divide_no_nan(rows_weighted_total, global_divisor)
+    spread = rows_squared - global_rows * global_rows / replicas  # 0 for equal slices
+    alpha = tf.math.divide_no_nan(loss * global_rows / replicas - logged_by_keras, spread)
+    return share + tf.cast(alpha * (rows - global_rows / replicas), dtype)
+
+
 def gather_with_local_rows_first(context, embeddings, labels):
     """All replicas' embeddings and labels, rotated so that this replica's rows come first.
 

@@ -25,6 +25,7 @@ from keras_margin import losses  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from distributed_steps import (  # noqa: E402
     CASES,
+    REDUCTIONS,
     case_data,
     check_custom_loop_steps,
     distributed_step,
@@ -42,6 +43,44 @@ def one_fit_step(strategy, task, loss, x, y, initial):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return model.get_weights()
+
+
+def fit_report(strategy, task, loss, x, y, weights, initial):
+    """What ``fit`` and ``evaluate`` report over 13 rows in batches of 4, and the weights after.
+
+    The batches split 2/2 over two replicas, and the last one, of a single row, 1/0: every
+    epoch ends with an uneven batch.
+    """
+    with strategy.scope():
+        model, _, _ = make_task(task)
+        model.set_weights(initial)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+    history = model.fit(
+        x, y, sample_weight=weights, batch_size=4, epochs=1, shuffle=False, verbose=0
+    )
+    evaluated = model.evaluate(x, y, sample_weight=weights, batch_size=4, verbose=0)
+    return history.history["loss"] + [evaluated], model.get_weights()
+
+
+def check_fit_reports_single_device_loss(strategy):
+    """`fit`'s logged loss and `evaluate()`'s under the strategy equal one device's for every
+    loss and reduction, and so do the weights after training."""
+    failures = []
+    for case_name, make_loss in CASES.items():
+        task, x, y, weights, initial = case_data(case_name)
+        x, y, weights = x[:13], y[:13], weights[:13]
+        for reduction in REDUCTIONS:
+            case = f"{case_name}/{reduction}/fit"
+            want = fit_report(tf.distribute.get_strategy(), task, make_loss(reduction), x, y,
+                              weights, initial)  # fmt: skip
+            got = fit_report(strategy, task, make_loss(reduction), x, y, weights, initial)
+            if not np.allclose(got[0], want[0], rtol=1e-5, atol=1e-6):
+                failures.append(f"{case}: reported {got[0]} != single device {want[0]}")
+            for w_got, w_want in zip(got[1], want[1], strict=True):
+                if not np.allclose(w_got, w_want, rtol=1e-4, atol=1e-5):
+                    failures.append(f"{case}: weights differ after training")
+                    break
+    return failures
 
 
 def check_xla_compiled_replicas(strategy):
@@ -76,6 +115,7 @@ def check_xla_compiled_replica(strategy, case_name, make_loss):
 def main():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     failures = check_custom_loop_steps(strategy)
+    failures += check_fit_reports_single_device_loss(strategy)
     for task_name, make_loss in CASES.items():
         task, x, y, _, initial = case_data(task_name)
         # model.fit: one SGD step on the global batch lands on the single-device weights.

@@ -9,7 +9,7 @@ producing the same numbers, and so that distributed reductions can be extended i
 import keras
 from keras import ops
 
-from keras_margin.distribute import multi_replica_context, sum_over_replicas
+from keras_margin.distribute import multi_replica_context, replica_share
 
 REDUCTIONS = ("sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "none", None)
 
@@ -87,8 +87,8 @@ def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_bat
 
     Inside a ``tf.distribute`` replica context with several replicas, the mean reductions
     divide this replica's sum by the global count (elements, valid entries, or sum of
-    weights), so that the replicas' losses, and their summed gradients, add up to the
-    single-device loss of the global batch, uneven batches included.
+    weights), so that the replicas' summed gradients are the single-device ones, uneven
+    batches included; ``replica_share`` makes the reported loss the single-device one too.
 
     Returns:
         The reduced loss, or the weighted per-sample losses for ``"none"``/``None``.
@@ -114,13 +114,15 @@ def reduce_losses(values, sample_weight=None, mask=None, reduction="sum_over_bat
         return values
     total = ops.sum(values)
     if reduction == "sum":
-        return total
-    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = None
+    elif reduction == "mean_with_sample_weight" and sample_weight is not None:
         divisor = ops.cast(ops.sum(sample_weight), dtype)
     elif context is not None and mask is not None:
         divisor = ops.sum(ops.cast(mask, dtype))
     else:
         divisor = _element_count(values, dtype)
     if context is not None:
-        return ops.divide_no_nan(total, sum_over_replicas(context, divisor))
+        return replica_share(context, total, divisor, ops.shape(values)[0])
+    if divisor is None:
+        return total
     return _scale_for_replicas(ops.divide_no_nan(total, divisor))
