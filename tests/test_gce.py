@@ -160,16 +160,20 @@ class TestCategoricalGeneralizedCrossEntropyFromLogits:
         np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-9, atol=1e-15)
 
-    def test_saturated_logits_have_finite_value_and_gradient(self):
-        logits = tf.constant([[-200.0, 200.0], [0.0, 1.0]])
-        with tf.GradientTape() as tape:
+    def test_saturated_logits_keep_a_gradient(self):
+        # Row 0's true class has log-probability -800: softmax gives p = 0 exactly, and with it
+        # a zero gradient, while p**q = exp(-400) still tells which way to move.
+        logits = tf.constant([[-400.0, 400.0], [0.0, 1.0]], tf.float64)
+        labels = np.array([0, 1])
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(logits)
-            loss = losses.CategoricalGeneralizedCrossEntropy(q=0.5, from_logits=True)(
-                np.array([0, 1]), logits
+            from_logits = losses.categorical_generalized_cross_entropy(
+                labels, logits, 0.5, from_logits=True
             )
-        gradient = tape.gradient(loss, logits).numpy()
-        assert np.isfinite(float(loss)) and np.isfinite(gradient).all()
-        # The true class's log-probability is -400: its row's gradient -q p**q (onehot - p) / q
-        # is about exp(-200), not the 0 that the probability form, with p = 0, gives.
-        assert gradient[1].any()
-        np.testing.assert_allclose(float(loss), (2.0 + (1 - np.sqrt(1 / (1 + np.exp(-1)))) / 0.5) / 2)
+            from_probs = losses.categorical_generalized_cross_entropy(
+                labels, tf.nn.softmax(logits), 0.5
+            )
+        gradient = tape.gradient(from_logits, logits).numpy()
+        assert not tape.gradient(from_probs, logits).numpy()[0].any()
+        np.testing.assert_allclose(gradient[0], [-np.exp(-400.0), np.exp(-400.0)], rtol=1e-12)
+        np.testing.assert_allclose(from_logits, from_probs, rtol=1e-12)

@@ -81,8 +81,7 @@ def test_use_builtin_names_trains_with_keras_margin_until_restored():
 def test_the_scoped_form_is_refused_rather_than_silently_ignored():
     # A `with` block would end before Keras resolves the string at fit; the opt-in is a call.
     try:
-        with pytest.raises(TypeError, match="context manager"):
-            with keras_margin.use_builtin_names():
-                pass
+        with pytest.raises(TypeError, match="context manager"), keras_margin.use_builtin_names():
+            pass
     finally:
         keras_margin.restore_builtin_names()

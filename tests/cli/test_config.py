@@ -7,8 +7,7 @@ import keras
 import pytest
 
 from keras_margin.cli import config as configs
-from keras_margin.cli import experiment
-from keras_margin.cli import main
+from keras_margin.cli import experiment, main
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 GCE_CONFIG = Path(__file__).parents[2] / "configs" / "gce_noisy_digits.toml"
