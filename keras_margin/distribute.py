@@ -111,25 +111,34 @@ def replica_share(context, total, divisor, rows):
     return share + tf.cast(alpha * (rows - global_rows / replicas), dtype)
 
 
-def gather_with_local_rows_first(context, embeddings, labels):
-    """All replicas' embeddings and labels, rotated so that this replica's rows come first.
+def rows_before_this_replica(context, tensor):
+    """How many rows of the global batch the replicas before this one hold (int64).
 
-    Row ``i`` of the result is then this replica's row ``i``, so the (i, i) diagonal that
-    Circle removes from the positives is still the pair of each anchor with itself. Replicas
-    may hold different numbers of rows. Gradients flow back to the replica that owns each row.
+    Replicas may hold different numbers of rows.
     """
     import tensorflow as tf
 
+    with tf.device(_replica_device(context, tensor)):
+        rows_per_replica = context.all_gather(tf.shape(tensor, out_type=tf.int64)[:1], axis=0)
+        return tf.reduce_sum(rows_per_replica[: context.replica_id_in_sync_group])
+
+
+def gather_replicas(context, embeddings, labels):
+    """Every replica's embeddings and labels, in replica order: the global batch.
+
+    Gradients flow back to the replica that owns each row.
+    """
+    import tensorflow as tf
+
+    with tf.device(_replica_device(context, embeddings)):
+        # Gathered one by one: a batched gather concatenates its inputs, which needs one dtype.
+        return (
+            context.all_gather(tf.identity(embeddings), axis=0),
+            context.all_gather(tf.identity(labels), axis=0),
+        )
+
+
+def _replica_device(context, tensor):
     # MultiWorkerMirroredStrategy with one device per worker traces replica code without a
     # device scope, and all_gather needs to know the device its inputs live on.
-    device = embeddings.device or context.strategy.extended.worker_devices[0]
-    with tf.device(device):
-        # Gathered one by one: a batched gather concatenates its inputs, which needs one dtype.
-        all_embeddings = context.all_gather(tf.identity(embeddings), axis=0)
-        all_labels = context.all_gather(tf.identity(labels), axis=0)
-        rows_per_replica = context.all_gather(tf.shape(embeddings)[:1], axis=0)
-        rows_before = tf.reduce_sum(rows_per_replica[: context.replica_id_in_sync_group])
-        return (
-            tf.roll(all_embeddings, shift=-rows_before, axis=0),
-            tf.roll(all_labels, shift=-rows_before, axis=0),
-        )
+    return tensor.device or context.strategy.extended.worker_devices[0]

@@ -83,6 +83,72 @@ def check_fit_reports_single_device_loss(strategy):
     return failures
 
 
+def reference_rows_and_grads(model, x, y, bank, bank_labels, implementation):
+    """Circle's per-row losses of ``model(x)`` against a fixed reference set, and the
+    gradients of their sum."""
+    with tf.GradientTape() as tape:
+        rows = losses.circle(
+            y, model(x), ref_labels=bank_labels, ref_embeddings=bank, gamma=16.0,
+            implementation=implementation,
+        )  # fmt: skip
+        total = tf.reduce_sum(rows)
+    return rows, tape.gradient(total, model.trainable_variables)
+
+
+def distributed_reference_rows(strategy, task, x, y, initial, split, *reference_args):
+    """``reference_rows_and_grads`` under ``strategy``: rows in replica order, summed grads."""
+    with strategy.scope():
+        model, _, _ = make_task(task)
+    model.set_weights(initial)
+    bounds = [0, split, len(x)]
+
+    def slices(context):
+        i = context.replica_id_in_sync_group
+        return x[bounds[i] : bounds[i + 1]], y[bounds[i] : bounds[i + 1]]
+
+    def replica(x, y):
+        rows, grads = reference_rows_and_grads(model, x, y, *reference_args)
+        return rows, tf.distribute.get_replica_context().all_reduce("sum", grads)
+
+    @tf.function
+    def step(data):
+        rows, grads = strategy.run(replica, args=data)
+        return strategy.experimental_local_results(rows), [
+            strategy.experimental_local_results(g)[0] for g in grads
+        ]
+
+    rows, grads = step(strategy.experimental_distribute_values_from_function(slices))
+    return np.concatenate([r.numpy() for r in rows]), [g.numpy() for g in grads]
+
+
+def check_reference_set_diagonal(strategy):
+    """Circle with an explicit reference set and remove_diagonal: each anchor drops the
+    reference at its *global* row, so per-row losses and summed gradients equal one device's.
+    Reference sets longer and shorter than the batch; even and uneven slices."""
+    failures = []
+    task, x, y, _, initial = case_data("circle")
+    rng = np.random.default_rng(2)
+    for m in (30, 16):
+        bank = rng.normal(size=(m, 4)).astype("float32")
+        bank = tf.constant(bank / np.linalg.norm(bank, axis=1, keepdims=True))
+        # Aligned with the batch: where the bank holds a row of the batch's class, the
+        # excluded pair is a positive, which the check must see.
+        bank_labels = tf.constant(np.resize(y, m))
+        for implementation in ("composite", "fused"):
+            reference_args = (bank, bank_labels, implementation)
+            model, _, _ = make_task(task)
+            model.set_weights(initial)
+            rows, grads = tf.function(reference_rows_and_grads)(model, x, y, *reference_args)
+            want = rows.numpy(), [g.numpy() for g in grads]
+            for split in (12, 9):
+                got = distributed_reference_rows(
+                    strategy, task, x, y, initial, split, *reference_args
+                )
+                case = f"circle reference set m={m} {implementation} split={split}"
+                failures += mismatches(case, got, want)
+    return failures
+
+
 def check_xla_compiled_replicas(strategy):
     """Replica functions compiled with XLA (the TPU path, as far as a CPU goes).
 
@@ -116,6 +182,7 @@ def main():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     failures = check_custom_loop_steps(strategy)
     failures += check_fit_reports_single_device_loss(strategy)
+    failures += check_reference_set_diagonal(strategy)
     for task_name, make_loss in CASES.items():
         task, x, y, _, initial = case_data(task_name)
         # model.fit: one SGD step on the global batch lands on the single-device weights.

@@ -6,7 +6,11 @@ import keras
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
-from keras_margin.distribute import gather_with_local_rows_first, multi_replica_context
+from keras_margin.distribute import (
+    gather_replicas,
+    multi_replica_context,
+    rows_before_this_replica,
+)
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
 from keras_margin.losses.checks import (
     all_finite,
@@ -112,7 +116,15 @@ def _class_ids_per_row(labels, name, embeddings, embeddings_name):
 
 
 def pairwise_circle_loss(
-    embeddings, labels, ref_embeddings, ref_labels, *, gamma, margin, remove_diagonal
+    embeddings,
+    labels,
+    ref_embeddings,
+    ref_labels,
+    *,
+    gamma,
+    margin,
+    remove_diagonal,
+    diagonal_offset=0,
 ):
     """Per-anchor Circle loss of ``embeddings`` [N, D] against ``ref_embeddings`` [M, D].
 
@@ -127,7 +139,9 @@ def pairwise_circle_loss(
         ref_labels: Integer class ids of the references, shape [M].
         gamma: Scale of the logits.
         margin: Relaxation margin.
-        remove_diagonal: Whether pair (i, i) is excluded from the positives.
+        remove_diagonal: Whether pair (i, i + diagonal_offset) is excluded from the positives.
+        diagonal_offset: The row of the batch that the reference set is aligned with where
+            anchor 0 sits: 0, unless the anchors are one replica's slice of a global batch.
 
     Returns:
         Per-anchor losses, shape [N].
@@ -137,8 +151,9 @@ def pairwise_circle_loss(
     same_class = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(ref_labels, 0))
     positive = same_class
     if remove_diagonal:
-        rows = ops.expand_dims(ops.arange(ops.shape(labels)[0]), 1)
-        cols = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0]), 0)
+        rows = ops.arange(ops.shape(labels)[0], dtype="int64") + ops.cast(diagonal_offset, "int64")
+        rows = ops.expand_dims(rows, 1)
+        cols = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0], dtype="int64"), 0)
         positive = ops.logical_and(positive, ops.not_equal(rows, cols))
     negative = ops.logical_not(same_class)
 
@@ -188,7 +203,10 @@ def circle(
         ref_labels: Optional integer class ids of the reference set. Defaults to `y_true`.
         ref_embeddings: Optional reference embeddings, shape `[num_refs, dim]`. Defaults to
             `y_pred`.
-        remove_diagonal: Whether to exclude pair (i, i) from the positives. Defaults to `True`.
+        remove_diagonal: Whether to exclude pair (i, i) from the positives: each anchor with
+            itself or, given a reference set, anchor `i` with reference `i` (as in Keras).
+            Under several replicas, `i` is the anchor's row in the global batch, as on one
+            device. Defaults to `True`.
         gamma: Positive float, the scale of the logits. Defaults to 80.
         margin: Float, the relaxation margin. Defaults to 0.4.
         implementation: `"auto"` (the default) uses the fused C++/XLA op when it is built and
@@ -230,9 +248,20 @@ def circle(
             every_ref = ops.all(ref_valid)
             valid = every_ref if valid is None else ops.logical_and(valid, every_ref)
     context = multi_replica_context() if validate_bool("cross_replica", cross_replica) else None
+    # Under several replicas the anchors are rows `diagonal_offset, ...` of the global batch:
+    # without a reference set, the references are that global batch, gathered; an explicit
+    # reference set is aligned with the global rows too, as on one device.
+    diagonal_offset = 0
     if context is not None and ref_embeddings is None and ref_labels is None:
-        ref_embeddings, ref_labels = gather_with_local_rows_first(context, embeddings, labels)
-    hyperparameters = {"gamma": gamma, "margin": margin, "remove_diagonal": remove_diagonal}
+        ref_embeddings, ref_labels = gather_replicas(context, embeddings, labels)
+    if context is not None and ref_embeddings is not None:
+        diagonal_offset = rows_before_this_replica(context, embeddings)
+    hyperparameters = {
+        "gamma": gamma,
+        "margin": margin,
+        "remove_diagonal": remove_diagonal,
+        "diagonal_offset": diagonal_offset,
+    }
     if use_fused:
         from keras_margin import ops as fused_ops
 

@@ -27,6 +27,7 @@ def circle_loss(
     gamma: float,
     margin: float,
     remove_diagonal: bool,
+    diagonal_offset=0,
 ) -> tf.Tensor:
     """Per-row Circle loss [N], identical in value and gradient to ``keras.losses.circle``.
 
@@ -41,6 +42,10 @@ def circle_loss(
         margin: relaxation margin.
         remove_diagonal: exclude the (i, i) pair from the positives (also with a
             reference set, as Keras does).
+        diagonal_offset: a scalar int >= 0: with ``remove_diagonal``, row ``i`` excludes
+            reference ``i + diagonal_offset`` instead, for anchors that are rows
+            ``diagonal_offset, ...`` of the batch the reference set is aligned with (one
+            replica's slice of a global batch). Must be 0 without a reference set.
 
     When both ``ref_embeddings`` and ``ref_labels`` are None the op runs in self-reference
     mode, which exploits the symmetry of the similarity matrix (about half the work).
@@ -65,14 +70,21 @@ def circle_loss(
         labels,
         ref,
         ref_labels,
-        gamma=float(gamma),
-        margin=float(margin),
+        tf.cast(diagonal_offset, tf.int64),
+        gamma=_double_attr(gamma),
+        margin=_double_attr(margin),
         remove_diagonal=bool(remove_diagonal),
         self_reference=self_reference,
         Tstate=tf.float64 if x.dtype == tf.float64 else tf.float32,
     )
     # The kernel's max-shifted sums would drop a NaN embedding; every row pairs with it.
     return nan_where_invalid(loss, all_finite(x, None if self_reference else ref))
+
+
+def _double_attr(value: float) -> str:
+    # The op takes gamma and margin as text: repr gives the shortest decimal that reads back as
+    # the same double, where a float attribute would round float64 hyper-parameters to float32.
+    return repr(float(value))
 
 
 def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
@@ -88,7 +100,7 @@ def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
         remove_diagonal=op.get_attr("remove_diagonal"),
         self_reference=op.get_attr("self_reference"),
     )
-    return [grad_x, None, grad_ref, None]
+    return [grad_x, None, grad_ref, None, None]
 
 
 _gradient_registered = False

@@ -46,10 +46,8 @@ TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float
 # buckets that later cases reuse, and gamma and margin (attributes baked into the program)
 # from a few values.
 JIT_SIZES = {"n": (0, 1, 9, 300), "d": (1, 16, 64), "m": (None, 0, 7, 200)}
-# Float32 values, like the op's attributes; the first is MIN_GAMMA rounded up to float32.
-JIT_GAMMAS = (0.0010000000474974513, 1.0, 80.0, 1024.0)
-# float32 values, for the reason given at GAMMAS.
-JIT_MARGINS = tuple(float(np.float32(m)) for m in (0.0, 0.25, 0.4, 0.999))
+JIT_GAMMAS = (MIN_GAMMA, 1.0, 80.0, 1024.0)
+JIT_MARGINS = (0.0, 0.1, 0.4, 0.999)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +92,10 @@ def underflow(spec):
     return max(TINY[spec.dtype] * EPS[spec.dtype], 64 * TINY[compute_dtype(spec.dtype)])
 
 
-# The op's gamma and margin are float32 attributes, so they are drawn as float32 values (see
-# test_float64_uses_float32_hyperparameters); gamma starts at validate_circle_args's minimum.
-GAMMAS = st.floats(float(np.nextafter(np.float32(MIN_GAMMA), np.float32(1))), 1024.0, width=32)
-MARGINS = st.floats(0.0, 1.0, exclude_max=True, width=32)
+# Any double: the op takes gamma and margin exactly (see
+# test_float64_keeps_hyperparameters_exact); gamma starts at validate_circle_args's minimum.
+GAMMAS = st.floats(MIN_GAMMA, 1024.0)
+MARGINS = st.floats(0.0, 1.0, exclude_max=True)
 
 
 @st.composite
@@ -430,17 +428,29 @@ def small_batch():
     return np.array([0, 0, 1, 1, 2, 2]), unit_rows(rng, 6, 4)
 
 
-def test_float64_uses_float32_hyperparameters():
-    """The fused op's gamma and margin are float32 attributes (documented in the README): in
-    float64 it computes exactly what the composite path does with those values rounded."""
+@pytest.mark.parametrize("jit_compile", [None, False, True])
+def test_float64_keeps_hyperparameters_exact(jit_compile):
+    """In float64 the fused op agrees with the composite path to float64 rounding for any
+    gamma and margin: they reach the op as doubles, not rounded to float32 (margin 0.1 would
+    move the results by about 1e-9)."""
     labels, x = small_batch()
-    kwargs = dict(gamma=80.0, margin=0.1)
-    rounded = {key: float(np.float32(value)) for key, value in kwargs.items()}
-    fused = keras_margin.losses.circle(labels, x, implementation="fused", **kwargs)
-    composite = keras_margin.losses.circle(labels, x, implementation="composite", **rounded)
-    np.testing.assert_allclose(fused, composite, rtol=1e-12)
-    exact = keras_margin.losses.circle(labels, x, implementation="composite", **kwargs)
-    np.testing.assert_allclose(fused, exact, rtol=1e-8)
+    x = tf.constant(x)
+
+    def value_and_gradient(x, implementation, gamma, margin):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            rows = keras_margin.losses.circle(
+                labels, x, gamma=gamma, margin=margin, implementation=implementation
+            )
+        return rows, tape.gradient(rows, x)
+
+    if jit_compile is not None:
+        value_and_gradient = tf.function(value_and_gradient, jit_compile=jit_compile)
+    for gamma, margin in [(80.0, 0.1), (37.3, -0.33), (1.0 / 3.0, 0.7)]:
+        fused = value_and_gradient(x, "fused", gamma, margin)
+        composite = value_and_gradient(x, "composite", gamma, margin)
+        for got, want in zip(fused, composite, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("implementation", ["fused", "composite"])

@@ -2,14 +2,16 @@ import pytest
 
 from keras_margin import ops as km_ops
 
+from .helpers import RawCircleOps
+
 
 @pytest.fixture(scope="session")
 def op_lib():
-    """The loaded op module. Fails (never skips) when the library was not built."""
+    """The loaded op library's raw ops. Fails (never skips) when the library was not built."""
     assert km_ops.custom_op_available(), km_ops.custom_op_unavailable_reason()
     from keras_margin.ops import _loader
 
-    return _loader.load_library()
+    return RawCircleOps(_loader.load_library())
 
 
 @pytest.fixture(params=["fused", "composite"])

@@ -33,3 +33,35 @@ def make_embeddings(rng, n, d, dtype=np.float32):
         dup = rng.random(n) < 0.1
         x[dup] = 1.03 * x[rng.integers(0, n, size=dup.sum())]
     return x.astype(dtype)
+
+
+class RawCircleOps:
+    """The raw ops of the op library, called as the tests write them.
+
+    ``gamma`` and ``margin`` are Python numbers (the ops take them as the decimal text of a
+    double, which ``keras_margin.ops.circle_loss`` passes the same way) and
+    ``diagonal_offset`` is a keyword defaulting to 0.
+    """
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    @staticmethod
+    def _attrs(gamma, margin, attrs):
+        return dict(attrs, gamma=repr(float(gamma)), margin=repr(float(margin)))
+
+    def keras_margin_circle_loss(
+        self, x, labels, ref, ref_labels, *, gamma, margin, diagonal_offset=0, **attrs
+    ):
+        return self.lib.keras_margin_circle_loss(
+            x, labels, ref, ref_labels, diagonal_offset, **self._attrs(gamma, margin, attrs)
+        )
+
+    def keras_margin_circle_loss_grad(
+        self, upstream, x, labels, ref, ref_labels, lse_pos, lse_neg, *, gamma, margin,
+        diagonal_offset=0, **attrs,
+    ):  # fmt: skip
+        return self.lib.keras_margin_circle_loss_grad(
+            upstream, x, labels, ref, ref_labels, diagonal_offset, lse_pos, lse_neg,
+            **self._attrs(gamma, margin, attrs),
+        )  # fmt: skip

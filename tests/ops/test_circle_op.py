@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_margin
 from keras_margin import ops as km_ops
+from keras_margin.losses.circle import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
 from .helpers import make_embeddings, make_labels
@@ -163,8 +164,8 @@ def test_matches_keras_float32_eager(
 @pytest.mark.parametrize("margin", [0.0, 0.25, 0.4])
 def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, margin):
     """In float64 both sides are exact to ~1e-12: this pins the math, including the gradient
-    of the clamped weights and the distance clamp."""
-    margin = float(np.float32(margin))
+    of the clamped weights and the distance clamp. gamma and margin reach the op exactly (0.4
+    is no float32 number)."""
     remove_diagonal = bool(rng.integers(0, 2))
     x, labels, ref, ref_labels = _case(rng, n, m, d, layout, np.float64)
     upstream = rng.random(n)
@@ -191,7 +192,6 @@ def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, marg
 def test_matches_keras_compiled(
     rng, implementation, mode, n, m, d, layout, gamma, margin, remove_diagonal
 ):
-    margin = float(np.float32(margin))
     x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
     upstream = rng.random(n)
     want = _value_and_grads(
@@ -205,6 +205,39 @@ def test_matches_keras_compiled(
         mode,
     )
     _assert_close_f32(got, want, gamma)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("offset", [0, 1, 5, 12, 19, 20, 1000])
+def test_diagonal_offset_matches_composite(rng, mode, offset):
+    """Anchors that are rows offset, offset + 1, ... of a batch the 20 references are aligned
+    with: with remove_diagonal, anchor i drops reference i + offset (none beyond 20)."""
+    x, labels, ref, ref_labels = _case(rng, 8, 20, 6, "random", np.float64)
+    upstream = rng.random(8)
+    kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
+
+    def fused(x, ref):
+        return circle_loss(x, labels, ref, ref_labels, diagonal_offset=offset, **kwargs)
+
+    def composite(x, ref):
+        return pairwise_circle_loss(x, labels, ref, ref_labels, diagonal_offset=offset, **kwargs)
+
+    got = _value_and_grads(fused, x, ref, upstream, mode)
+    _assert_close_f64(got, _value_and_grads(composite, x, ref, upstream))
+
+
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+@pytest.mark.parametrize("offset", [0, 5, 12])
+def test_diagonal_offset_is_the_global_row(rng, implementation, offset):
+    """Rows offset..offset+7 of a batch, against the whole batch as the reference set, lose
+    what Keras gives those rows of the whole batch: the offset is their global row."""
+    batch, labels = make_embeddings(rng, 20, 6, np.float64), make_labels(rng, 20, "random")
+    kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
+    whole = keras.losses.circle(labels, batch, ref_labels=labels, ref_embeddings=batch, **kwargs)
+    rows = slice(offset, offset + 8)
+    path = circle_loss if implementation == "fused" else pairwise_circle_loss
+    sliced = path(batch[rows], labels[rows], batch, labels, diagonal_offset=offset, **kwargs)
+    np.testing.assert_allclose(sliced, np.asarray(whole)[rows], rtol=1e-12)
 
 
 def test_jit_hlo_contains_lowering(rng):

@@ -170,6 +170,36 @@ def test_forward_rejects_bad_attrs(op_lib, mode, attrs, message, self_reference)
         _run(mode, _loss_fn(op_lib, self_reference=self_reference, **attrs), x, labels, x, labels)
 
 
+@pytest.mark.parametrize("text", ["", "eighty", "80.0x", " 80", "0x1p4"])
+def test_hyperparameter_text_must_be_a_whole_decimal_number(op_lib, text):
+    x, labels = tf.zeros([4, 3]), tf.zeros([4], tf.int32)
+    for name in ("gamma", "margin"):
+        attrs = dict(ATTRS, gamma="80.0", margin="0.4")
+        attrs[name] = text
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{name} must be the decimal"):
+            op_lib.lib.keras_margin_circle_loss(x, labels, x, labels, 0, **attrs)
+
+
+# (diagonal_offset, self_reference, message)
+BAD_OFFSETS = [
+    ([0], False, r"diagonal_offset must be a scalar, got shape \[1\]"),
+    ([[1, 2]], False, r"diagonal_offset must be a scalar"),
+    (-1, False, "diagonal_offset must be >= 0, and 0 with self_reference; got -1"),
+    (3, True, "diagonal_offset must be >= 0, and 0 with self_reference; got 3"),
+]
+
+
+@pytest.mark.parametrize("offset,self_reference,message", BAD_OFFSETS)
+def test_bad_diagonal_offsets_are_rejected(op_lib, offset, self_reference, message):
+    x, labels, rows = tf.zeros([4, 3]), tf.zeros([4], tf.int32), tf.zeros([4])
+    offset = tf.constant(offset, tf.int64)
+    attrs = dict(ATTRS, self_reference=self_reference, diagonal_offset=offset)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        op_lib.keras_margin_circle_loss(x, labels, x, labels, **attrs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        op_lib.keras_margin_circle_loss_grad(rows, x, labels, x, labels, rows, rows, **attrs)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("attrs,message", BAD_ATTRS)
 def test_grad_rejects_bad_attrs(op_lib, mode, attrs, message):

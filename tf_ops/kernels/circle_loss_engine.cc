@@ -178,9 +178,10 @@ struct Consts {
         gamma(static_cast<Acc>(g)) {}
 };
 
-// Membership of one lane set in the positive / negative sets. The (i, i)
-// pair is never a negative (same label) and, with remove_diagonal, not a
-// positive either; `diag` is the tile column holding it, or -1.
+// Membership of one lane set in the positive / negative sets. With
+// remove_diagonal, the row's excluded pair is not a positive (as in Keras, a
+// different label still makes it a negative); `diag` is the tile column
+// holding it, or -1.
 template <typename V>
 struct Membership {
   decltype(Splat<LaneInt<V>>(0) == Splat<LaneInt<V>>(0)) pos, neg;
@@ -550,10 +551,11 @@ class CircleEngine {
   Span ColSpan(int64_t b) const {
     return {b * col_block_, std::min(col_block_, m_ - b * col_block_)};
   }
-  // Column of the (i, i) pair inside a tile starting at column j0, or -1.
+  // Column of row i's excluded pair (i, i + diagonal_offset) inside a tile
+  // starting at column j0, or -1.
   int32_t DiagColumn(int64_t i, int64_t j0, int64_t cols) const {
-    if (!p_.remove_diagonal) return -1;
-    const int64_t c = i - j0;
+    if (!p_.remove_diagonal || p_.diagonal_offset >= m_) return -1;
+    const int64_t c = i - j0 + p_.diagonal_offset;
     return (c >= 0 && c < cols) ? static_cast<int32_t>(c) : -1;
   }
 

@@ -43,7 +43,11 @@ struct CircleProblem {
   bool self_reference = false;
   double gamma = 1.0;
   double margin = 0.0;
+  // With remove_diagonal, row i's excluded positive is reference
+  // i + diagonal_offset (>= 0; 0 with self_reference): the anchors may be a
+  // slice of a larger batch whose row index the reference set is aligned with.
   bool remove_diagonal = false;
+  int64_t diagonal_offset = 0;
 };
 
 // Writes loss[n] and the per-row log-sum-exp of the positive and negative

@@ -117,8 +117,17 @@ class CircleKernelBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
+  // Checks diagonal_offset's shape and value; returns its value in *offset.
+  tensorflow::Status ReadDiagonalOffset(const Tensor& t,
+                                        int64_t* offset) const {
+    TF_RETURN_IF_ERROR(ValidateDiagonalOffset(t.shape()));
+    *offset = t.scalar<int64_t>()();
+    return ValidateDiagonalOffsetValue(*offset, attrs_.self_reference);
+  }
+
   CircleProblem<Acc> Problem(const Tensor& x, const Tensor& ref,
                              const CompactLabels<Tlabel>& labels,
+                             int64_t diagonal_offset,
                              std::vector<Acc>* x_storage,
                              std::vector<Acc>* ref_storage) const {
     CircleProblem<Acc> p;
@@ -133,6 +142,7 @@ class CircleKernelBase : public OpKernel {
     p.gamma = attrs_.gamma;
     p.margin = attrs_.margin;
     p.remove_diagonal = attrs_.remove_diagonal;
+    p.diagonal_offset = diagonal_offset;
     return p;
   }
 
@@ -155,6 +165,8 @@ class CircleLossOp : public CircleKernelBase<T, Tlabel> {
                    ValidateCircleInputs(x.shape(), labels.shape(), ref.shape(),
                                         ref_labels.shape(),
                                         this->attrs_.self_reference));
+    int64_t offset;
+    OP_REQUIRES_OK(ctx, this->ReadDiagonalOffset(ctx->input(4), &offset));
     const int64_t n = x.dim_size(0);
     Tensor *loss, *lse_pos, *lse_neg;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n}, &loss));
@@ -166,7 +178,7 @@ class CircleLossOp : public CircleKernelBase<T, Tlabel> {
                                     this->attrs_.self_reference);
     std::vector<Acc> x_storage, ref_storage;
     const CircleProblem<Acc> p =
-        this->Problem(x, ref, ids, &x_storage, &ref_storage);
+        this->Problem(x, ref, ids, offset, &x_storage, &ref_storage);
     Acc* lp = lse_pos->flat<Acc>().data();
     Acc* ln = lse_neg->flat<Acc>().data();
     if constexpr (std::is_same_v<T, Acc>) {
@@ -193,12 +205,14 @@ class CircleLossGradOp : public CircleKernelBase<T, Tlabel> {
     const Tensor& labels = ctx->input(2);
     const Tensor& ref = ctx->input(3);
     const Tensor& ref_labels = ctx->input(4);
-    const Tensor& lse_pos = ctx->input(5);
-    const Tensor& lse_neg = ctx->input(6);
+    const Tensor& lse_pos = ctx->input(6);
+    const Tensor& lse_neg = ctx->input(7);
     const bool self_reference = this->attrs_.self_reference;
     OP_REQUIRES_OK(ctx, ValidateCircleInputs(x.shape(), labels.shape(),
                                              ref.shape(), ref_labels.shape(),
                                              self_reference));
+    int64_t offset;
+    OP_REQUIRES_OK(ctx, this->ReadDiagonalOffset(ctx->input(5), &offset));
     OP_REQUIRES_OK(ctx, ValidateCircleGradInputs(grad_loss.shape(),
                                                  lse_pos.shape(),
                                                  lse_neg.shape(), x.dim_size(0)));
@@ -219,7 +233,7 @@ class CircleLossGradOp : public CircleKernelBase<T, Tlabel> {
     const CompactLabels<Tlabel> ids(labels, ref_labels, self_reference);
     std::vector<Acc> x_storage, ref_storage;
     const CircleProblem<Acc> p =
-        this->Problem(x, ref, ids, &x_storage, &ref_storage);
+        this->Problem(x, ref, ids, offset, &x_storage, &ref_storage);
     std::vector<Acc> upstream_storage;
     const Acc* upstream = AsAcc<T>(grad_loss, &upstream_storage);
     const Acc* lp = lse_pos.flat<Acc>().data();

@@ -4,9 +4,11 @@
 #ifndef KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
 #define KERAS_MARGIN_TF_OPS_KERNELS_CIRCLE_LOSS_VALIDATION_H_
 
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <system_error>
 
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/framework/types.h"
@@ -16,11 +18,26 @@
 namespace keras_margin {
 
 struct CircleAttrs {
-  float gamma = 0.0f;
-  float margin = 0.0f;
+  double gamma = 0.0;
+  double margin = 0.0;
   bool remove_diagonal = false;
   bool self_reference = false;
 };
+
+// gamma and margin travel as the decimal text of a double (TensorFlow has no
+// double attribute, a float one would round float64 hyper-parameters to
+// float32, and eager execution does not take tensor attributes). The whole
+// string must parse; std::from_chars is exact and locale-independent.
+inline tensorflow::Status ParseDoubleAttr(const std::string& text,
+                                          const char* name, double* value) {
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, *value);
+  if (text.empty() || error != std::errc() || stop != end) {
+    return tensorflow::errors::InvalidArgument(
+        name, " must be the decimal text of a number, got \"", text, "\"");
+  }
+  return tensorflow::Status();
+}
 
 // The saved per-row state is accumulated in float for half, bfloat16 and float
 // inputs, and in double for double inputs.
@@ -42,11 +59,14 @@ inline tensorflow::Status CheckStateType(tensorflow::DataType t,
 // OpKernelConstruction or an XlaOpKernelContext's construction.
 template <typename Ctx>
 tensorflow::Status ReadCircleAttrs(Ctx* ctx, CircleAttrs* attrs) {
-  TF_RETURN_IF_ERROR(ctx->GetAttr("gamma", &attrs->gamma));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("margin", &attrs->margin));
+  std::string gamma, margin;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("gamma", &gamma));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("margin", &margin));
+  TF_RETURN_IF_ERROR(ParseDoubleAttr(gamma, "gamma", &attrs->gamma));
+  TF_RETURN_IF_ERROR(ParseDoubleAttr(margin, "margin", &attrs->margin));
   TF_RETURN_IF_ERROR(ctx->GetAttr("remove_diagonal", &attrs->remove_diagonal));
   TF_RETURN_IF_ERROR(ctx->GetAttr("self_reference", &attrs->self_reference));
-  if (!std::isfinite(attrs->gamma) || !(attrs->gamma > 0.0f)) {
+  if (!std::isfinite(attrs->gamma) || !(attrs->gamma > 0.0)) {
     return tensorflow::errors::InvalidArgument(
         "gamma must be finite and > 0, got ", attrs->gamma);
   }
@@ -131,6 +151,27 @@ inline tensorflow::Status ValidateCircleInputs(
   }
   if (self_reference && ref.dim_size(0) != x.dim_size(0)) {
     return SelfReferenceRowsError(ref.dim_size(0), x.dim_size(0));
+  }
+  return tensorflow::Status();
+}
+
+// diagonal_offset: a scalar >= 0, and 0 with self_reference (the symmetric
+// tiles pair row i with column i).
+inline tensorflow::Status ValidateDiagonalOffset(
+    const tensorflow::TensorShape& shape) {
+  if (shape.dims() != 0) {
+    return tensorflow::errors::InvalidArgument(
+        "diagonal_offset must be a scalar, got shape ", shape.DebugString());
+  }
+  return tensorflow::Status();
+}
+
+inline tensorflow::Status ValidateDiagonalOffsetValue(int64_t offset,
+                                                      bool self_reference) {
+  if (offset < 0 || (self_reference && offset != 0)) {
+    return tensorflow::errors::InvalidArgument(
+        "diagonal_offset must be >= 0, and 0 with self_reference; got ",
+        offset);
   }
   return tensorflow::Status();
 }

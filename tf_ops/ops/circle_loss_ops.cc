@@ -78,6 +78,12 @@ Status CircleInputShapes(InferenceContext* c, int first, DimensionHandle* n,
   return CheckStateType(t, tstate);
 }
 
+Status ScalarOffset(InferenceContext* c, int input) {
+  ShapeHandle unused;
+  if (c->WithRank(c->input(input), 0, &unused).ok()) return Status();
+  return RankError("diagonal_offset", 0, c->DebugString(c->input(input)));
+}
+
 }  // namespace
 
 REGISTER_OP("KerasMargin>CircleLoss")
@@ -85,11 +91,12 @@ REGISTER_OP("KerasMargin>CircleLoss")
     .Input("labels: Tlabel")
     .Input("ref_embeddings: T")
     .Input("ref_labels: Tlabel")
+    .Input("diagonal_offset: int64")
     .Output("loss: T")
     .Output("lse_pos: Tstate")
     .Output("lse_neg: Tstate")
-    .Attr("gamma: float")
-    .Attr("margin: float")
+    .Attr("gamma: string")
+    .Attr("margin: string")
     .Attr("remove_diagonal: bool")
     .Attr("self_reference: bool = false")
     .Attr("T: {half, bfloat16, float, double}")
@@ -99,6 +106,7 @@ REGISTER_OP("KerasMargin>CircleLoss")
       DimensionHandle n;
       ShapeHandle x, ref;
       TF_RETURN_IF_ERROR(CircleInputShapes(c, 0, &n, &x, &ref));
+      TF_RETURN_IF_ERROR(ScalarOffset(c, 4));
       const ShapeHandle rows = c->Vector(n);
       c->set_output(0, rows);
       c->set_output(1, rows);
@@ -114,13 +122,16 @@ embeddings: [N, D] query embeddings (expected L2-normalised), D >= 1.
 labels: [N] integer class labels.
 ref_embeddings: [M, D] reference embeddings.
 ref_labels: [M] integer reference labels.
+diagonal_offset: with remove_diagonal, row i's excluded positive is reference
+  i + diagonal_offset (a scalar >= 0; 0 with self_reference).
 loss: [N] softplus(lse_pos + lse_neg); 0 for rows without a positive or a
   negative.
 lse_pos: [N] log-sum-exp of the positive logits, -inf if there are none.
 lse_neg: [N] log-sum-exp of the negative logits, -inf if there are none.
-gamma: scale, finite and > 0.
-margin: relaxation margin.
-remove_diagonal: exclude the (i, i) pair from the positives.
+gamma: scale, finite and > 0, as the decimal text of a double (a float
+  attribute would round float64 hyper-parameters to float32).
+margin: relaxation margin, finite, as the decimal text of a double.
+remove_diagonal: exclude the (i, i + diagonal_offset) pair from the positives.
 self_reference: ref_embeddings/ref_labels are the same tensors as
   embeddings/labels; only embeddings and labels are read.
 Tstate: float for half, bfloat16 and float; double for double.
@@ -132,12 +143,13 @@ REGISTER_OP("KerasMargin>CircleLossGrad")
     .Input("labels: Tlabel")
     .Input("ref_embeddings: T")
     .Input("ref_labels: Tlabel")
+    .Input("diagonal_offset: int64")
     .Input("lse_pos: Tstate")
     .Input("lse_neg: Tstate")
     .Output("grad_embeddings: T")
     .Output("grad_ref_embeddings: T")
-    .Attr("gamma: float")
-    .Attr("margin: float")
+    .Attr("gamma: string")
+    .Attr("margin: string")
     .Attr("remove_diagonal: bool")
     .Attr("self_reference: bool = false")
     .Attr("T: {half, bfloat16, float, double}")
@@ -147,9 +159,10 @@ REGISTER_OP("KerasMargin>CircleLossGrad")
       DimensionHandle n;
       ShapeHandle x, ref;
       TF_RETURN_IF_ERROR(CircleInputShapes(c, 1, &n, &x, &ref));
+      TF_RETURN_IF_ERROR(ScalarOffset(c, 5));
       for (const auto& [input, name] : {std::pair{0, "grad_loss"},
-                                        std::pair{5, "lse_pos"},
-                                        std::pair{6, "lse_neg"}}) {
+                                        std::pair{6, "lse_pos"},
+                                        std::pair{7, "lse_neg"}}) {
         ShapeHandle v;
         DimensionHandle unused;
         TF_RETURN_IF_ERROR(WithRank(c, input, name, 1, &v));

@@ -29,7 +29,8 @@ using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 
 // The logits of every (i, j) pair and the masks they were selected with.
-// Inputs start at `first`: embeddings, labels, ref_embeddings, ref_labels.
+// Inputs start at `first`: embeddings, labels, ref_embeddings, ref_labels,
+// diagonal_offset.
 struct CircleGraph {
   CircleGraph(XlaOpKernelContext* ctx, const CircleAttrs& attrs, int first)
       : b(ctx->builder()),
@@ -57,9 +58,12 @@ struct CircleGraph {
                 xla::BroadcastInDim(ref_labels, {n, m}, {1}));
     pos = same;
     if (attrs.remove_diagonal) {
+      // Row i drops reference i + diagonal_offset. XLA cannot raise at run
+      // time; an offset beyond the references drops nothing.
       const xla::Shape index = xla::ShapeUtil::MakeShape(xla::S64, {n, m});
-      pos = xla::And(same, xla::Ne(xla::Iota(b, index, 0),
-                                   xla::Iota(b, index, 1)));
+      const xla::XlaOp excluded =
+          xla::Add(xla::Iota(b, index, 0), ctx->Input(first + 4), {});
+      pos = xla::And(same, xla::Ne(excluded, xla::Iota(b, index, 1)));
     }
     neg = xla::Not(same);
     // Same constants and evaluation order as keras.losses.circle.
@@ -113,6 +117,7 @@ class CircleLossXlaOp : public XlaOpKernel {
                             ctx->InputShape(0), ctx->InputShape(1),
                             ctx->InputShape(2), ctx->InputShape(3),
                             attrs_.self_reference));
+    OP_REQUIRES_OK(ctx, ValidateDiagonalOffset(ctx->InputShape(4)));
     const CircleGraph g(ctx, attrs_, 0);
     const xla::XlaOp lse_pos = g.Lse(g.pos);
     const xla::XlaOp lse_neg = g.Lse(g.neg);
@@ -141,14 +146,15 @@ class CircleLossGradXlaOp : public XlaOpKernel {
                             ctx->InputShape(1), ctx->InputShape(2),
                             ctx->InputShape(3), ctx->InputShape(4),
                             attrs_.self_reference));
+    OP_REQUIRES_OK(ctx, ValidateDiagonalOffset(ctx->InputShape(5)));
     OP_REQUIRES_OK(ctx, ValidateCircleGradInputs(
-                            ctx->InputShape(0), ctx->InputShape(5),
-                            ctx->InputShape(6), ctx->InputShape(1).dim_size(0)));
+                            ctx->InputShape(0), ctx->InputShape(6),
+                            ctx->InputShape(7), ctx->InputShape(1).dim_size(0)));
     const CircleGraph g(ctx, attrs_, 1);
     const double inf = std::numeric_limits<double>::infinity();
     const xla::XlaOp zero = g.Scalar(0.0);
-    const xla::XlaOp lse_pos = ctx->Input(5);
-    const xla::XlaOp lse_neg = ctx->Input(6);
+    const xla::XlaOp lse_pos = ctx->Input(6);
+    const xla::XlaOp lse_neg = ctx->Input(7);
     const xla::XlaOp scale =
         xla::Mul(xla::ConvertElementType(ctx->Input(0), g.acc),
                  xla::Logistic(xla::Add(lse_pos, lse_neg)));
