@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import reference
+import tensorflow as tf
 
 from keras_margin import losses
 
@@ -115,6 +116,26 @@ class TestCircle:
             loss(*batch), losses.Circle(gamma=32.0, margin=0.25, remove_diagonal=False)(*batch)
         )
         assert loss.get_config()["gamma"] == 32.0
+
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int8", "int16"])
+    def test_every_integer_dtype_keeps_distinct_ids_distinct(
+        self, rng, implementation, dtype, jit_compile
+    ):
+        top = np.iinfo(dtype).max
+        # uint64 ids 2**32 apart, which Keras's type promotion merges, and the largest ids.
+        wide = [1, 2**32 + 1, top, top - 1] if dtype == "uint64" else [1, 2, top, top - 1]
+        ids = np.array(wide * 2, dtype=dtype)
+        dense = np.array([0, 1, 2, 3] * 2)
+        x = embeddings(rng, 8, 4)
+        fn = tf.function(
+            lambda labels: losses.circle(labels, x, implementation=implementation),
+            jit_compile=jit_compile,
+        )
+        np.testing.assert_allclose(fn(ids), fn(dense), rtol=1e-6)
+        if dtype == "uint64":
+            merged = keras.losses.circle(ids, x)
+            assert not np.allclose(merged, losses.circle(dense, x))  # Keras merges them
 
     def test_unknown_implementation_names_the_argument(self):
         with pytest.raises(ValueError, match="`implementation`"):

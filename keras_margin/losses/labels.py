@@ -6,10 +6,27 @@ from keras import ops
 from keras_margin.losses.checks import with_known_rank
 
 
+def signed_ids(labels):
+    """Integer ``labels`` as int32 or int64, every two distinct ids still distinct.
+
+    Unsigned ids are widened to int64, except uint64, which is reinterpreted bit for bit: a
+    one-to-one map, under which ids of 2**63 and more become negative (invalid GCE classes,
+    still distinct Circle classes). Keras compares uint64 through uint32, merging ids 2**32
+    apart.
+    """
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if dtype == "uint64":
+        return ops.view(labels, "int64")
+    if dtype.startswith("uint") or dtype in ("int8", "int16"):
+        return ops.cast(labels, "int64")
+    return labels
+
+
 def class_ids(labels, name="y_true"):
     """Integer class ids from ``labels``, and which of them are valid (None if all are).
 
-    Integer labels are used as they are, int64 included, so that no id wraps around. Float
+    Integer labels are used as they are, int64 included, so that no id wraps around; other
+    integer dtypes become int64 (see ``signed_ids``). Float
     labels, which Keras accepts, must hold whole numbers: they are converted straight to int64,
     never through the loss's float dtype (which could round an id such as 257 in bfloat16),
     and a fractional or non-finite one is marked invalid.
@@ -21,7 +38,7 @@ def class_ids(labels, name="y_true"):
     labels = ops.convert_to_tensor(labels)
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if "int" in dtype:
-        return labels, None
+        return signed_ids(labels), None
     if "float" not in dtype:
         raise TypeError(f"Argument `{name}` must hold integer class ids; received dtype {dtype}.")
     whole = ops.logical_and(ops.isfinite(labels), ops.equal(labels, ops.floor(labels)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_margin.losses.checks import all_finite, nan_where_invalid
+from keras_margin.losses.labels import signed_ids
 from keras_margin.ops import _loader
 
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -12,9 +13,8 @@ _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 def _labels(labels: tf.Tensor | object) -> tf.Tensor:
     labels = tf.convert_to_tensor(labels)
-    if labels.dtype not in (tf.int32, tf.int64):
-        # Matches keras.losses.circle's ops.cast(labels, "int32"), float labels included.
-        labels = tf.cast(labels, tf.int32)
+    # Float labels are cast to int32 as keras.losses.circle casts them.
+    labels = signed_ids(labels) if labels.dtype.is_integer else tf.cast(labels, tf.int32)
     return tf.reshape(labels, [-1])
 
 
@@ -34,8 +34,9 @@ def circle_loss(
     Args:
         embeddings: [N, D] float16, bfloat16, float32 or float64 embeddings (normally
             L2-normalised; no normalisation happens here, as in Keras).
-        labels: [N] (or [N, 1]) integer labels. int32 and int64 are used as they are; other
-            dtypes are cast to int32 like Keras does.
+        labels: [N] (or [N, 1]) integer labels. int32 and int64 are used as they are, other
+            integer dtypes become int64 with distinct ids kept distinct (uint64 included),
+            and float labels are cast to int32 like Keras does.
         ref_embeddings: optional [M, D] reference embeddings; defaults to ``embeddings``.
         ref_labels: optional [M] reference labels; defaults to ``labels``.
         gamma: scale, > 0.
