@@ -216,8 +216,10 @@ def circle(
         cross_replica: Under a `tf.distribute` strategy with several replicas, and with no
             explicit reference set, whether each replica's anchors are paired with the
             embeddings of all replicas (gathered, with gradients flowing back to their owners),
-            which gives the single-device loss of the global batch. With `False`, pairs are
-            formed only inside each replica's slice, as Keras does. A no-op without a
+            which gives the single-device loss of the global batch. With an explicit
+            `ref_embeddings`, whether the pair `remove_diagonal` drops is found by the anchor's
+            global row, as on one device. With `False`, pairs are formed only inside each
+            replica's slice, and row indices are the slice's, as Keras does. A no-op without a
             strategy or with one replica. Defaults to `True`.
 
     Returns:
