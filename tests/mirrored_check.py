@@ -69,7 +69,9 @@ def check_fit_reports_single_device_loss(strategy):
     for case_name, make_loss in CASES.items():
         task, x, y, weights, initial = case_data(case_name)
         x, y, weights = x[:13], y[:13], weights[:13]
-        for reduction in REDUCTIONS:
+        # "mean" is "sum_over_batch_size" under another name, in Keras and here; the custom
+        # loop check above covers it.
+        for reduction in (r for r in REDUCTIONS if r != "mean"):
             case = f"{case_name}/{reduction}/fit"
             want = fit_report(tf.distribute.get_strategy(), task, make_loss(reduction), x, y,
                               weights, initial)  # fmt: skip
