@@ -256,7 +256,7 @@ def circle(
     diagonal_offset = 0
     if context is not None and ref_embeddings is None and ref_labels is None:
         ref_embeddings, ref_labels = gather_replicas(context, embeddings, labels)
-    if context is not None and ref_embeddings is not None:
+    if context is not None and ref_embeddings is not None and remove_diagonal:
         diagonal_offset = rows_before_this_replica(context, embeddings)
     hyperparameters = {
         "gamma": gamma,
