@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from keras_margin.cli import config as configs
-from keras_margin.cli import experiment, main
+from keras_margin_cli import config as configs
+from keras_margin_cli import experiment, main
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 GCE_CONFIG = Path(__file__).parents[2] / "configs" / "gce_noisy_digits.toml"
@@ -30,6 +30,13 @@ def write(tmp_path, text, name="experiment.toml"):
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def load_checked(path, overrides=()):
+    """Both steps of checking a config: its own values, then its losses' arguments."""
+    config = configs.load(path, overrides)
+    configs.check_loss_arguments(config)
+    return config
 
 
 def test_configs_directory_has_every_promised_config():
@@ -99,7 +106,7 @@ def test_gce_from_logits_in_a_config_trains_a_linear_head(tmp_path):
     model = experiment.build_model(config, 64, gce)
     assert model.layers[-1].activation is keras.activations.linear
     with pytest.raises(configs.ConfigError, match="from_logits"):
-        configs.load(GCE_CONFIG, ["loss.1.from_logits=1"])
+        load_checked(GCE_CONFIG, ["loss.1.from_logits=1"])
 
 
 def test_set_indexes_loss_arrays(tmp_path):
@@ -117,9 +124,9 @@ BAD = [
     ("epochs = 2", "train.epochs", "integer >= 1", 2.5),
     ("epochs = 2", "train.epochs", "integer >= 1", "true"),
     ("batch_size = 32", "train.batch_size", "integer >= 2", -3),
-    ("gamma = 64.0", "loss", "gamma", '"inf"'),
-    ("gamma = 64.0", "loss", "gamma", "nan"),
-    ("gamma = 64.0", "loss", "gamma", -1.0),
+    ("gamma = 64.0", "loss.gamma", "Circle: Argument `gamma`", '"inf"'),
+    ("gamma = 64.0", "loss.gamma", "Circle: Argument `gamma`", "nan"),
+    ("gamma = 64.0", "loss.gamma", "Circle: Argument `gamma`", -1.0),
     ('name = "Circle"', "loss.name", "expected one of 'Circle'", '"Triplet"'),
 ]
 
@@ -128,10 +135,11 @@ BAD = [
 def test_bad_values_name_their_key(line, key, words, value, tmp_path):
     text = VALID.replace(line, f"{line.split(' = ')[0]} = {value}")
     with pytest.raises(configs.ConfigError) as caught:
-        configs.load(write(tmp_path, text))
+        load_checked(write(tmp_path, text))
     message = str(caught.value)
     assert message.startswith(f"{key}:"), message
     assert words.split("'")[0] in message
+    assert caught.value.origin is None
 
 
 @pytest.mark.parametrize(
@@ -147,17 +155,18 @@ def test_bad_values_name_their_key(line, key, words, value, tmp_path):
         ("data.label_noise=1.0", "data.label_noise", "in [0, 1)"),
         ("data.limit=5", "data.limit", "integer >= 20"),
         ("loss.label=a/b", "loss.label", "letters, digits"),
-        ("loss.colour=1", "loss", "unexpected keyword argument 'colour'"),
-        ("loss.implementation=gpu", "loss", "implementation"),
+        ("loss.colour=1", "loss.colour", "unknown key; expected one of name, label, gamma, "),
+        ("loss.implementation=gpu", "loss.implementation", "must be one of ('auto'"),
         ("train=3", "train", "expected a table, got an integer"),
     ],
 )
 def test_bad_structure_names_its_key(override, key, words, tmp_path):
     with pytest.raises(configs.ConfigError) as caught:
-        configs.load(write(tmp_path, VALID), [override])
+        load_checked(write(tmp_path, VALID), [override])
     message = str(caught.value)
     assert message.startswith(f"{key}:"), message
     assert words in message
+    assert caught.value.origin == override
 
 
 def test_cross_field_errors(tmp_path):
@@ -186,16 +195,17 @@ def test_cross_field_errors(tmp_path):
 @pytest.mark.parametrize(
     "path, override, words",
     [
-        (None, "epochs", "--set epochs: expected key=value"),
-        (None, "data.source.x=1", "--set data.source.x: data.source is a value"),
-        (GCE_CONFIG, "loss.q=0.5", "--set loss.q: name a key inside one"),
-        (GCE_CONFIG, "loss.5.q=0.5", "--set loss.5.q: loss.5: expected an index below 2"),
+        (None, "epochs", "expected key=value"),
+        (None, "data.source.x=1", "data.source: is a value, not a table"),
+        (GCE_CONFIG, "loss.q=0.5", "loss.q: name a key inside one"),
+        (GCE_CONFIG, "loss.5.q=0.5", "loss.5: expected an index below 2"),
     ],
 )
 def test_bad_set_syntax(path, override, words, tmp_path):
     with pytest.raises(configs.ConfigError) as caught:
         configs.load(path or write(tmp_path, VALID), [override])
     assert str(caught.value).startswith(words)
+    assert caught.value.origin == override
 
 
 def test_syntax_error_and_missing_file(tmp_path):
@@ -211,3 +221,32 @@ def test_command_line_prints_one_line_with_file_and_key(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error == f"keras-margin: error: {path}: train.epochs: expected an integer >= 1, got -2"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text, overrides, blamed, message",
+    [
+        # the override's own mistake, in a loss argument (checked once Keras is imported)
+        (VALID, ["loss.gama=80"], "--set loss.gama=80", "loss.gama: unknown key; expected one of"),
+        (VALID, ["loss.gamma=-5"], "--set loss.gamma=-5", "loss.gamma: Circle: Argument `gamma`"),
+        (VALID, ["data.limit=300", "train.epochs=0"], "--set train.epochs=0", "train.epochs:"),
+        # an override that makes the file's own keys wrong
+        (VALID, ["loss.name=CategoricalHinge"], "--set loss.name=CategoricalHinge", "loss.gamma"),
+        # the file's mistakes stay the file's, whatever else is overridden
+        (VALID.replace("epochs = 2", "epochs = -2"), ["data.limit=300"], "FILE", "train.epochs:"),
+        (VALID.replace("gamma = 64.0", "gama = 6"), ["loss.margin=0.3"], "FILE", "loss.gama:"),
+        (VALID + "test_classes = [1]\n", ["data.limit=300"], "FILE", "loss.test_classes:"),
+    ],
+)
+def test_errors_are_blamed_on_the_override_or_the_file(
+    text, overrides, blamed, message, tmp_path, capsys
+):
+    path = write(tmp_path, text)
+    command = ["train", str(path), "--out", str(tmp_path / "out")]
+    for assignment in overrides:
+        command += ["--set", assignment]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    expected = str(path) if blamed == "FILE" else blamed
+    assert error.startswith(f"keras-margin: error: {expected}: {message}"), error

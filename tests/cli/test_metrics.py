@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_margin.cli import metrics
+from keras_margin_cli import metrics
 
 
 def test_retrieval_on_a_hand_worked_example():

@@ -1,40 +1,48 @@
-"""The ``keras-margin`` command line (also ``python -m keras_margin``).
+"""The ``keras-margin`` command line (also ``python -m keras_margin_cli``).
 
-keras-margin train CONFIG [--out DIR] [--set key=value ...] [--overwrite]
-keras-margin evaluate DIR
+keras-margin train CONFIG [--out DIR] [--set key=value ...] [--overwrite] [--quiet | --verbose]
+keras-margin evaluate DIR [--verbose]
 keras-margin bench [--quick] [benchmarks/circle.py options]
+
+This package is separate from ``keras_margin`` because importing that one imports Keras and
+TensorFlow (it registers the losses): here they are imported only once a command needs them,
+so ``--help``, ``--version`` and most config errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
+from importlib import metadata
 from pathlib import Path
 
-import keras
-
-from keras_margin.cli import config as configs
-from keras_margin.cli import data as datasets
-from keras_margin.cli import experiment, plots
+from keras_margin_cli import config as configs
+from keras_margin_cli import outputs, tensorflow_logs
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
 # Metrics are counts over the test set recomputed from identical predictions; any difference
 # beyond float64 summation noise means the reloaded model is not the trained one.
 REPRODUCTION_TOLERANCE = 1e-9
-BENCHMARK_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "circle.py"
+BENCHMARK_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "circle.py"
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one line, without a traceback."""
 
 
-def _write_experiment(config, staging, verbose):
+def _config_error(error, path):
+    source = f"--set {error.origin}" if error.origin else path
+    return CommandError(f"{source}: {error}")
+
+
+def _write_experiment(config, staging, progress):
+    from keras_margin_cli import data as datasets
+    from keras_margin_cli import experiment, plots
+
     split = datasets.load(config.data)
     document = {
         "config": config.name,
@@ -45,14 +53,12 @@ def _write_experiment(config, staging, verbose):
     if config.task == "embedding":
         document["inputs_baseline"] = experiment.measure(config, split, split.x_test)
     runs = experiment.plan(config)
-    records, histories = [], {}
+    records, curves = [], []
     for number, run in enumerate(runs, 1):
         print(f"[{number}/{len(runs)}] {run.id}", flush=True)
-        record, history, predictions = experiment.train(
-            config, split, run, staging / run.path, verbose
-        )
+        record, predictions = experiment.train(config, split, run, staging / run.path, progress)
         records.append(record)
-        histories[run.id] = history
+        curves.append((run.loss.label, record["history"]))
         if config.task == "embedding":
             plots.embedding_projection(
                 predictions,
@@ -61,37 +67,47 @@ def _write_experiment(config, staging, verbose):
                 title=f"{config.name}: test embeddings ({run.id})",
                 seed=run.seed,
             )
-    plots.training_curves(histories, staging / "training_curves.png")
+    plots.training_curves(curves, staging / "training_curves.png", config.data.label_noise > 0)
     document["runs"] = records
     document["summary"] = experiment.summarize(config, records)
     (staging / CONFIG_FILE).write_text(configs.dumps(config))
-    # Written last: a directory with metrics.json is a finished experiment.
+    # Written last: a folder with metrics.json is a finished experiment.
     (staging / METRICS_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return document
+
+
+def _progress(args):
+    """Keras's ``fit`` verbosity: a progress bar on a terminal, a line per epoch in a log."""
+    if args.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def train(args):
     try:
         config = configs.load(args.config, args.set)
     except configs.ConfigError as error:
-        raise CommandError(f"{args.config}: {error}") from None
+        raise _config_error(error, args.config) from None
     out = Path(args.out or Path("runs") / config.name)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CommandError(f"--out {out} already exists and is not empty; add --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's private 0700, made an ordinary directory
     try:
-        document = _write_experiment(config, staging, verbose=args.verbose)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        outputs.check(out, args.overwrite)
+    except outputs.UnsafeOutputError as error:
+        raise CommandError(error) from None
+    tensorflow_logs.import_tensorflow(args.verbose)
+    from keras_margin_cli import data as datasets
+    from keras_margin_cli import experiment
+
+    try:
+        configs.check_loss_arguments(config)
+    except configs.ConfigError as error:
+        raise _config_error(error, args.config) from None
+    try:
+        with outputs.staged(out, args.overwrite) as staging:
+            document = _write_experiment(config, staging, _progress(args))
+    except outputs.UnsafeOutputError as error:
+        raise CommandError(error) from None
     except datasets.DatasetUnavailableError as error:
         raise CommandError(f"{args.config}: data.source: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"{config.name}: {document['test_examples']} held-out examples")
     print("\n".join(experiment.format_summary(document)))
     print(f"wrote {out}")
@@ -104,7 +120,13 @@ def evaluate(args):
     try:
         config = configs.load(out / CONFIG_FILE)
     except configs.ConfigError as error:
-        raise CommandError(f"{out / CONFIG_FILE}: {error}") from None
+        raise _config_error(error, out / CONFIG_FILE) from None
+    tensorflow_logs.import_tensorflow(args.verbose)
+    import keras
+
+    from keras_margin_cli import data as datasets
+    from keras_margin_cli import experiment
+
     recorded = json.loads((out / METRICS_FILE).read_text())
     split = datasets.load(config.data)
     mismatches = 0
@@ -129,15 +151,40 @@ def bench(args):
             "(python -m pip install -e . in a clone of keras_margin)"
         )
     command = [sys.executable, str(BENCHMARK_SCRIPT), "--no-write", *args.script_options]
-    return subprocess.call(command + (["--quick"] if args.quick else []))
+    command += ["--quick"] if args.quick else []
+    if tensorflow_logs.shown(args.verbose):
+        return subprocess.call(command)
+    env = tensorflow_logs.quiet_environment()
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as child:
+        sys.stderr.writelines(tensorflow_logs.drop_log_records(child.stderr))
+    return child.returncode
+
+
+def _version():
+    found = []
+    for package in ("keras-margin", "keras", "tensorflow"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return f"{found[0]} ({', '.join(found[1:])})"
 
 
 def parser():
     root = argparse.ArgumentParser(prog="keras-margin", description=__doc__.splitlines()[0])
+    root.add_argument("--version", action="version", version=_version())
     commands = root.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("train", help="train, evaluate and export the models of a config")
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's log lines and warnings (also shown if TF_CPP_MIN_LOG_LEVEL is set)",
+    )
+    run = commands.add_parser(
+        "train", parents=[logs], help="train, evaluate and export the models of a config"
+    )
     run.add_argument("config", help="a TOML file, such as configs/circle_digits.toml")
-    run.add_argument("--out", help="output directory (default: runs/CONFIG_NAME)")
+    run.add_argument("--out", help="output folder (default: runs/CONFIG_NAME)")
     run.add_argument(
         "--set",
         action="append",
@@ -145,16 +192,23 @@ def parser():
         metavar="KEY=VALUE",
         help="override a config value, such as train.epochs=5 or loss.0.q=0.5",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run.add_argument(
-        "--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras fit verbosity"
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that an earlier `keras-margin train` wrote",
     )
+    run.add_argument("--quiet", action="store_true", help="no per-epoch progress from Keras")
     run.set_defaults(handler=train)
-    check = commands.add_parser("evaluate", help="reload a run's models and redo its metrics")
-    check.add_argument("dir", help="a directory written by `keras-margin train`")
+    check = commands.add_parser(
+        "evaluate",
+        parents=[logs],
+        help="reload a run's models and check that they reproduce its metrics.json",
+    )
+    check.add_argument("dir", help="a folder written by `keras-margin train`")
     check.set_defaults(handler=evaluate)
     speed = commands.add_parser(
         "bench",
+        parents=[logs],
         help="time the fused Circle op against Keras",
         epilog="Other options, such as --n 4096 --d 128, go to benchmarks/circle.py.",
     )
@@ -173,3 +227,6 @@ def main(argv=None):
     except CommandError as error:
         print(f"keras-margin: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"keras-margin: interrupted; {args.command} stopped", file=sys.stderr)
+        return INTERRUPTED

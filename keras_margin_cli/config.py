@@ -9,30 +9,39 @@ A config has four tables::
               compare several losses on the same data, each with an optional ``label``
 
 Every error is a ``ConfigError`` naming the key (``train.epochs``, ``loss[2].q``) and what
-was expected; the command line prefixes the file, so the user gets one line to act on.
+was expected; the command line prefixes the file, or the ``--set`` override the key came from,
+so the user gets one line to act on.
+
+Checking is in two steps so that most mistakes are reported without importing TensorFlow:
+``load`` checks everything a config says about itself (tables, keys, types, ranges, loss
+names), and ``check_loss_arguments`` then builds each loss, which imports Keras.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
+import inspect
 import json
 import math
 import re
 import tomllib
 from pathlib import Path
 
-import keras
-
-from keras_margin import losses
-
 SOURCES = {"digits": 10, "mnist": 10, "fashion_mnist": 10}
 
 
 class ConfigError(ValueError):
-    """A config value that cannot be used, with the dotted key it came from."""
+    """A config value that cannot be used, with the dotted key it came from.
 
-    def __init__(self, key, message):
+    ``origin`` is the ``--set`` assignment responsible for it, or None for the file itself.
+    """
+
+    def __init__(self, key, message, origin=None):
         super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.origin = origin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,21 +51,19 @@ class LossKind:
     task: str  # "embedding", "classifier" or "binary"
     labels: str  # "ids", "one_hot" or "sign" (-1 / +1)
     head: str  # "unit_norm", "linear" or "softmax"
-    make: type
+    module: str = "keras_margin.losses"  # where the class of that name lives
 
 
 LOSS_KINDS = {
-    "Circle": LossKind("embedding", "ids", "unit_norm", losses.Circle),
-    "CategoricalHinge": LossKind("classifier", "one_hot", "linear", losses.CategoricalHinge),
-    "CategoricalGeneralizedCrossEntropy": LossKind(
-        "classifier", "ids", "softmax", losses.CategoricalGeneralizedCrossEntropy
-    ),
-    "CategoricalCrossentropy": LossKind(
-        "classifier", "one_hot", "softmax", keras.losses.CategoricalCrossentropy
-    ),
-    "Hinge": LossKind("binary", "sign", "linear", losses.Hinge),
-    "SquaredHinge": LossKind("binary", "sign", "linear", losses.SquaredHinge),
+    "Circle": LossKind("embedding", "ids", "unit_norm"),
+    "CategoricalHinge": LossKind("classifier", "one_hot", "linear"),
+    "CategoricalGeneralizedCrossEntropy": LossKind("classifier", "ids", "softmax"),
+    "CategoricalCrossentropy": LossKind("classifier", "one_hot", "softmax", "keras.losses"),
+    "Hinge": LossKind("binary", "sign", "linear"),
+    "SquaredHinge": LossKind("binary", "sign", "linear"),
 }
+# Keys of a loss table that are the config's own; every other key is a constructor argument.
+LOSS_TABLE_KEYS = ("name", "label")
 
 
 def _type_name(value):
@@ -160,8 +167,13 @@ class LossConfig:
         """The model's output layer: a loss given ``from_logits = true`` takes raw scores."""
         return "linear" if self.arguments.get("from_logits") is True else self.kind.head
 
+    @property
+    def loss_class(self):
+        """The loss's class; importing it imports Keras and TensorFlow."""
+        return getattr(importlib.import_module(self.kind.module), self.name)
+
     def build(self):
-        return self.kind.make(**self.arguments)
+        return self.loss_class(**self.arguments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +184,8 @@ class ExperimentConfig:
     train: TrainConfig
     losses: tuple[LossConfig, ...]
     raw: dict  # the validated TOML document, written next to the results
+    original: dict | None = None  # the file's document, before the overrides
+    overrides: tuple[str, ...] = ()
 
     @property
     def task(self):
@@ -209,12 +223,7 @@ def _loss(raw, key):
     if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
         expected = "letters, digits, '.', '-' or '_'"
         raise ConfigError(f"{key}.label", f"expected {expected}, got {label!r}")
-    loss = LossConfig(label=label, name=name, arguments=arguments)
-    try:
-        loss.build()
-    except (TypeError, ValueError) as error:
-        raise ConfigError(key, f"{name}: {error}") from None
-    return loss
+    return LossConfig(label=label, name=name, arguments=arguments)
 
 
 def _losses(raw):
@@ -287,36 +296,112 @@ def apply_override(document, assignment):
     """Applies one ``--set key=value``; ``key`` is dotted and numbers index ``[[loss]]``."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {assignment}", "expected key=value, such as train.epochs=5")
+        raise ConfigError(None, "expected key=value, such as train.epochs=5", assignment)
     *parents, leaf = key.split(".")
     node = document
     for depth, part in enumerate(parents):
         where = ".".join(parents[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}", f"{where}: expected an index below {len(node)}")
+                raise ConfigError(where, f"expected an index below {len(node)}", assignment)
             node = node[int(part)]
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, dict | list):
-            raise ConfigError(f"--set {key}", f"{where} is a value, not a table")
+            raise ConfigError(where, "is a value, not a table", assignment)
     if isinstance(node, list):
-        raise ConfigError(f"--set {key}", "name a key inside one [[loss]] table, such as loss.0.q")
+        raise ConfigError(key, "name a key inside one [[loss]] table, such as loss.0.q", assignment)
     node[leaf] = _parse_value(text)
 
 
+def _key_path(key):
+    """``loss[2].q`` and ``loss.2.q`` both as ``["loss", "2", "q"]``."""
+    return re.findall(r"[^.\[\]]+", key or "")
+
+
+def _blame(error, config_file_alone, overrides):
+    """Attributes ``error`` to a ``--set`` override unless the file alone fails the same way.
+
+    The override blamed is the last one whose key overlaps the key in error (``loss`` and
+    ``loss.gamma`` overlap), or else the last one.
+    """
+    if error.origin or not overrides:
+        return error
+    try:
+        config_file_alone()
+    except ConfigError as own:
+        if str(own) == str(error):
+            return error
+    path = _key_path(error.key)
+    overlapping = [
+        assignment
+        for assignment in overrides
+        for set_path in [_key_path(assignment.partition("=")[0])]
+        if path[: len(set_path)] == set_path[: len(path)]
+    ]
+    error.origin = (overlapping or list(overrides))[-1]
+    return error
+
+
 def load(path, overrides=()):
-    """Reads, overrides and validates a config file; raises ``ConfigError`` naming the key."""
+    """Reads, overrides and validates a config file; raises ``ConfigError`` naming the key.
+
+    Loss arguments are left to ``check_loss_arguments``, which needs Keras.
+    """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text())
+        original = tomllib.loads(path.read_text())
     except OSError as error:
         raise ConfigError(None, f"cannot read the config: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(None, f"not valid TOML: {error}") from None
+    document = copy.deepcopy(original)
     for assignment in overrides:
         apply_override(document, assignment)
-    return parse(document, path.stem)
+    try:
+        config = parse(document, path.stem)
+    except ConfigError as error:
+        raise _blame(error, lambda: parse(original, path.stem), overrides) from None
+    return dataclasses.replace(config, original=original, overrides=tuple(overrides))
+
+
+def _loss_key(config, index):
+    return "loss" if isinstance(config.raw["loss"], dict) else f"loss[{index}]"
+
+
+def _check_losses(config):
+    for index, loss in enumerate(config.losses):
+        key = _loss_key(config, index)
+        parameters = inspect.signature(loss.loss_class).parameters.values()
+        accepted = [
+            p.name
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in LOSS_TABLE_KEYS  # a loss's own `name` is Keras's display name
+        ]
+        for argument in loss.arguments:
+            if argument not in accepted:
+                expected = ", ".join((*LOSS_TABLE_KEYS, *accepted))
+                raise ConfigError(f"{key}.{argument}", f"unknown key; expected one of {expected}")
+        try:
+            loss.build()
+        except (TypeError, ValueError) as error:
+            named = re.search(r"`(\w+)`", str(error))  # losses name their argument in backticks
+            if named and named[1] in loss.arguments:
+                key = f"{key}.{named[1]}"
+            raise ConfigError(key, f"{loss.name}: {error}") from None
+
+
+def check_loss_arguments(config):
+    """Builds every loss of a loaded config (importing Keras); raises ``ConfigError``."""
+    try:
+        _check_losses(config)
+    except ConfigError as error:
+
+        def file_alone():
+            _check_losses(parse(config.original, config.name))
+
+        raise _blame(error, file_alone, config.overrides) from None
 
 
 def _toml_value(value):

@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_margin import export
-from keras_margin.cli import data as datasets
-from keras_margin.cli import metrics
+from keras_margin_cli import data as datasets
+from keras_margin_cli import metrics
 
 PREDICT_BATCH = 1024  # train and evaluate predict alike, so their metrics agree bit for bit
 # One name for every label form, so that the curves of compared losses share a panel.
@@ -41,7 +41,7 @@ class Run:
 
 def plan(config):
     """The runs of ``config``; a single run writes to the experiment directory itself."""
-    runs = [Run(loss, seed, "") for loss in config.losses for seed in config.train.seeds]
+    runs = [Run(loss, seed, ".") for loss in config.losses for seed in config.train.seeds]
     if len(runs) > 1:
         for run in runs:
             run.path = f"runs/{run.id}"
@@ -78,6 +78,22 @@ def predict(model, split):
     return model.predict(split.x_test, batch_size=PREDICT_BATCH, verbose=0)
 
 
+class HeldOutRetrieval(keras.callbacks.Callback):
+    """Adds the test set's ``val_recall_at_1`` and ``val_map_at_r`` to every epoch's logs.
+
+    Circle's loss says little about retrieval: the test loss stays high while Recall@1 is
+    near perfect, so the curves show the metrics themselves.
+    """
+
+    def __init__(self, split):
+        super().__init__()
+        self.split = split
+
+    def on_epoch_end(self, epoch, logs=None):
+        found = metrics.retrieval(predict(self.model, self.split), self.split.y_test)
+        logs.update({f"val_{name}": value for name, value in found.items()})
+
+
 def _label_spec(kind, num_classes):
     if kind.labels == "ids":
         return tf.TensorSpec([None], tf.int64)
@@ -95,8 +111,8 @@ def save(model, loss, config, directory):
     archive.write_out(str(directory / "saved_model"), verbose=False)
 
 
-def train(config, split, run, directory, verbose):
-    """Trains one run, saves it under ``directory`` and returns its record and artifacts."""
+def train(config, split, run, directory, progress):
+    """Trains one run, saves it under ``directory``; returns its record and test predictions."""
     keras.utils.set_random_seed(run.seed)
     kind = run.loss.kind
     train_ids, noise = split.y_train, 0.0
@@ -119,7 +135,8 @@ def train(config, split, run, directory, verbose):
         batch_size=config.train.batch_size,
         epochs=config.train.epochs,
         validation_data=(split.x_test, y_test),
-        verbose=verbose,
+        callbacks=[HeldOutRetrieval(split)] if kind.task == "embedding" else [],
+        verbose=progress,
     )
     seconds = time.perf_counter() - started
     predictions = predict(model, split)
@@ -134,8 +151,10 @@ def train(config, split, run, directory, verbose):
         "train_label_noise": noise,
         "train_seconds": round(seconds, 3),
         "metrics": measure(config, split, predictions),
+        # Per epoch, as plotted in training_curves.png.
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
     }
-    return record, history.history, predictions
+    return record, predictions
 
 
 def summarize(config, records):
