@@ -49,6 +49,7 @@ def _write_experiment(config, staging, progress):
         "task": config.task,
         "train_examples": len(split.y_train),
         "test_examples": len(split.y_test),
+        "environment": experiment.environment(),
     }
     if config.task == "embedding":
         document["inputs_baseline"] = experiment.measure(config, split, split.x_test)

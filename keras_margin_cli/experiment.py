@@ -8,8 +8,11 @@ metrics, and their mean and spread per loss.
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import statistics
 import time
+from importlib import metadata
 
 import keras
 import numpy as np
@@ -155,6 +158,27 @@ def train(config, split, run, directory, progress):
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
     }
     return record, predictions
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment():
+    """Where the runs were trained: per-seed figures depend on the CPU's rounding."""
+    return {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **{name: metadata.version(name) for name in ("keras-margin", "keras", "tensorflow")},
+    }
 
 
 def summarize(config, records):

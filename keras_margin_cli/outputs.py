@@ -151,8 +151,13 @@ def staged(out, overwrite):
     ``out`` is checked again just before it is replaced, in case it changed during training;
     if it can no longer be replaced, the results are kept beside it under a new name.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    except OSError as error:
+        raise UnsafeOutputError(
+            f"--out {out}: cannot create {error.filename}: {error.strerror}"
+        ) from None
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's private 0700, made an ordinary folder

@@ -9,9 +9,10 @@ import pytest
 import keras_margin_cli
 from keras_margin_cli import experiment, outputs
 
+from . import SMALL_SLICE
+
 ROOT = Path(__file__).parents[2]
 CONFIG = str(ROOT / "configs" / "hinge_digits.toml")
-SMALL_SLICE = ["--set", "train.epochs=1", "--set", "data.limit=300", "--quiet"]
 
 
 def fake_run(folder):
@@ -184,3 +185,15 @@ def test_train_overwrites_its_own_output(tmp_path, capsys):
     assert (out / "training_curves.png").is_file()
     assert json.loads((out / outputs.MARKER).read_text()) == recorded
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_unwritable_parent_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    unwritable = r"--out .*: cannot create .*file\.txt"
+    with (
+        pytest.raises(outputs.UnsafeOutputError, match=unwritable),
+        outputs.staged(blocker / "out", False),
+    ):
+        raise AssertionError("staging should not have been created")
+    assert blocker.read_text() == "mine"

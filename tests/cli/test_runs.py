@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_margin_cli import config as configs
 from keras_margin_cli import main, plots
+
+from . import SMALL_SLICE
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
-SMALL_SLICE = ["--set", "train.epochs=1", "--set", "data.limit=300", "--quiet"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FASHION_SIZES = {"train": 240, "t10k": 60}
 
@@ -62,8 +64,11 @@ def train_once(tmp_path_factory, keras_home):
             env = {**os.environ, "KERAS_HOME": str(keras_home)}
             env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the user's own level would show the logs
             command = [sys.executable, "-m", "keras_margin_cli", "train", str(config_path), "--out"]
+            command += [str(out), *SMALL_SLICE]
+            if len(configs.load(config_path).train.seeds) > 2:
+                command += ["--set", "train.seeds=[0, 1]"]  # two seeds test the spread
             result = subprocess.run(
-                command + [str(out), *SMALL_SLICE],
+                command,
                 env=env,
                 capture_output=True,
                 text=True,
@@ -87,6 +92,7 @@ def test_train_writes_every_output(trained):
     assert document["config"] == config_path.stem
     assert f"wrote {out}" in result.stdout
     assert result.stderr == ""  # no TensorFlow log lines or retracing warnings
+    assert document["environment"]["tensorflow"] == tf.__version__
     assert (out / "config.toml").read_text().startswith("[data]")
     assert (out / "training_curves.png").read_bytes().startswith(PNG_SIGNATURE)
     assert len(document["runs"]) >= 1
