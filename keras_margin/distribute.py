@@ -27,14 +27,17 @@ def multi_replica_context():
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None
-    if _in_xla_region() and not isinstance(context.strategy, tf.distribute.TPUStrategy):
+    if in_xla_region() and not isinstance(context.strategy, tf.distribute.TPUStrategy):
         _warn_collectives_unavailable_once()
         return None
     return context
 
 
-def _in_xla_region():
-    # TensorFlow's own test for tracing under XLA (used by its array gradients); private API.
+def in_xla_region():
+    """Whether the current graph is being traced for XLA (``jit_compile`` or TPU).
+
+    TensorFlow's own test, used by its array gradients; private API.
+    """
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util
 

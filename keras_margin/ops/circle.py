@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
+from keras_margin.distribute import in_xla_region
 from keras_margin.losses.checks import all_finite, nan_where_invalid
 from keras_margin.losses.labels import signed_ids
 from keras_margin.ops import _loader
@@ -66,20 +69,88 @@ def circle_loss(
     if labels.dtype != ref_labels.dtype:
         labels = tf.cast(labels, tf.int64)
         ref_labels = tf.cast(ref_labels, tf.int64)
-    loss, _, _ = lib.keras_margin_circle_loss(
-        x,
-        labels,
-        ref,
-        ref_labels,
-        tf.cast(diagonal_offset, tf.int64),
-        gamma=_double_attr(gamma),
-        margin=_double_attr(margin),
-        remove_diagonal=bool(remove_diagonal),
-        self_reference=self_reference,
-        Tstate=tf.float64 if x.dtype == tf.float64 else tf.float32,
-    )
+    inputs = (x, labels, ref, ref_labels, tf.cast(diagonal_offset, tf.int64))
+    attrs = {
+        "gamma": _double_attr(gamma),
+        "margin": _double_attr(margin),
+        "remove_diagonal": bool(remove_diagonal),
+        "self_reference": self_reference,
+    }
+    if placement(_device_type(x), in_xla_region()) == COMPILED:
+        loss = _compiled_circle_loss(inputs, attrs)
+    else:
+        loss, _, _ = _forward(lib, inputs, attrs)
     # The kernel's max-shifted sums would drop a NaN embedding; every row pairs with it.
     return nan_where_invalid(loss, all_finite(x, None if self_reference else ref))
+
+
+# Where the op's work runs, by device and context. The op has a CPU kernel and an XLA lowering
+# (tf_ops/xla/) but no GPU kernel: outside XLA on a GPU, TensorFlow would run it on the CPU and
+# copy the embeddings across, so it is called through an XLA function of its own instead.
+KERNEL = "cpu kernel"  # the op as it is, on the CPU
+LOWERING = "lowering"  # the XLA program being traced lowers the op
+COMPILED = "compiled"  # an XLA-compiled function around the op, on the accelerator
+
+
+def placement(device_type: str, in_xla: bool) -> str:
+    """Which of KERNEL, LOWERING and COMPILED runs the op on ``device_type``."""
+    if in_xla:
+        return LOWERING
+    return KERNEL if device_type == "CPU" else COMPILED
+
+
+def _device_type(x: tf.Tensor) -> str:
+    """The device type ``x`` lives on, or, while tracing unplaced, where TensorFlow will put it."""
+    if x.device:
+        return tf.DeviceSpec.from_string(x.device).device_type or "CPU"
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def _forward(lib, inputs, attrs):
+    tstate = tf.float64 if inputs[0].dtype == tf.float64 else tf.float32
+    return lib.keras_margin_circle_loss(*inputs, **attrs, Tstate=tstate)
+
+
+def _backward(lib, grad_loss, inputs, lse_pos, lse_neg, attrs):
+    return lib.keras_margin_circle_loss_grad(grad_loss, *inputs, lse_pos, lse_neg, **attrs)
+
+
+@functools.cache
+def _compiled_functions(attrs):
+    """The op's forward and gradient as XLA functions, one pair per set of attributes."""
+    lib = _loader.load_library()
+    attrs = dict(attrs)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def forward(*inputs):
+        return _forward(lib, inputs, attrs)
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def backward(grad_loss, inputs, lse_pos, lse_neg):
+        return _backward(lib, grad_loss, inputs, lse_pos, lse_neg, attrs)
+
+    return forward, backward
+
+
+def _compiled_circle_loss(inputs, attrs):
+    """The op's forward and gradient, each in an XLA function (the ``COMPILED`` placement).
+
+    A custom gradient makes sure the backward op is compiled too.
+    """
+    forward, backward = _compiled_functions(tuple(attrs.items()))
+    x, labels, ref, ref_labels, offset = inputs
+
+    @tf.custom_gradient
+    def loss_of(x, ref):
+        inputs = (x, labels, ref, ref_labels, offset)
+        loss, lse_pos, lse_neg = forward(*inputs)
+
+        def gradient(grad_loss):
+            return backward(grad_loss, inputs, lse_pos, lse_neg)
+
+        return loss, gradient
+
+    return loss_of(x, ref)
 
 
 def _double_attr(value: float) -> str:
@@ -90,18 +161,14 @@ def _double_attr(value: float) -> str:
 
 def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
     # The log-sum-exp outputs are saved state for this gradient, not differentiable outputs.
-    lib = _loader.load_library()
-    grad_x, grad_ref = lib.keras_margin_circle_loss_grad(
-        grad_loss,
-        *op.inputs,
-        op.outputs[1],
-        op.outputs[2],
-        gamma=op.get_attr("gamma"),
-        margin=op.get_attr("margin"),
-        remove_diagonal=op.get_attr("remove_diagonal"),
-        self_reference=op.get_attr("self_reference"),
+    attrs = {name: op.get_attr(name) for name in ATTRS}
+    grad_x, grad_ref = _backward(
+        _loader.load_library(), grad_loss, op.inputs, op.outputs[1], op.outputs[2], attrs
     )
     return [grad_x, None, grad_ref, None, None]
+
+
+ATTRS = ("gamma", "margin", "remove_diagonal", "self_reference")
 
 
 _gradient_registered = False
