@@ -26,6 +26,7 @@ SOURCES = [
     "tf_ops/ops/circle_loss_ops.cc",
     "tf_ops/kernels/circle_loss_engine.cc",
     "tf_ops/kernels/circle_loss_kernels.cc",
+    "tf_ops/xla/circle_loss_blocked_hlo.cc",
     "tf_ops/xla/circle_loss_xla.cc",
     "tf_ops/version.cc",
 ]
