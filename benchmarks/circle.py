@@ -8,9 +8,11 @@ Every configuration runs in a fresh Python process, so that its peak resident me
     python benchmarks/circle.py --quick         # N = 1024, 4096, D = 128, fewer repeats
     python benchmarks/circle.py --n 4096 16384 --d 128 --modes fused:function keras:jit
 
-Modes are IMPL:STYLE with IMPL in {keras, fused, matmul} and STYLE in {eager, function,
-jit}; ``matmul`` is x @ x^T plus the two products of the backward pass (dS @ x and
-dS^T @ x), the floor of any unfused implementation.
+Modes are IMPL:STYLE with IMPL in {keras, fused, fused-hlo, matmul} and STYLE in {eager,
+function, jit}; ``fused-hlo`` is ``fused`` with the blocked HLO lowering forced where XLA on
+the CPU would call the CPU engine (the proxy for GPUs and TPUs); ``matmul`` is x @ x^T plus
+the two products of the backward pass (dS @ x and dS^T @ x), the floor of any unfused
+implementation.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ALL_MODES = [
     "fused:eager",
     "fused:function",
     "fused:jit",
+    "fused-hlo:jit",
     "matmul:eager",
     "matmul:function",
 ]
@@ -45,7 +48,6 @@ BYTES_PER_PAIR = {
     "keras:eager": 130,
     "keras:function": 80,
     "keras:jit": 26,
-    "fused:jit": 30,
     "matmul:eager": 12,
     "matmul:function": 12,
 }
@@ -90,27 +92,22 @@ def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
     x = tf.constant(x)
     labels = tf.constant(rng.integers(0, max(2, n // 8), size=n), tf.int32)
 
-    if impl == "keras":
-        loss_obj = keras.losses.Circle(gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
+    if impl == "fused-hlo":
+        os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"  # read when the lowering compiles
+    if impl in ("keras", "fused", "fused-hlo"):
+        if impl == "keras":
+            loss_obj = keras.losses.Circle(gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
+        else:
+            import keras_margin
+
+            loss_obj = keras_margin.losses.Circle(
+                gamma=GAMMA, margin=MARGIN, remove_diagonal=True, implementation="fused"
+            )
 
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = loss_obj(labels, x)
-            return loss, tape.gradient(loss, x)
-
-    elif impl == "fused":
-        from keras_margin.ops import circle_loss, custom_op_available, custom_op_unavailable_reason
-
-        if not custom_op_available():
-            raise RuntimeError(custom_op_unavailable_reason())
-
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_mean(
-                    circle_loss(x, labels, gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
-                )
             return loss, tape.gradient(loss, x)
 
     elif impl == "matmul":
@@ -225,9 +222,11 @@ def render(rows: list[str], argv: list[str]) -> str:
         "XLA compilation); min in parentheses.",
         "- peak RSS: VmHWM of the process that ran only this configuration; the baseline is "
         "its VmHWM after importing TensorFlow and building the inputs.",
-        "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.ops.circle_loss` (under "
-        "`jit` it runs the op's XLA lowering, which materialises N x N like Keras); `matmul`: "
-        "x @ x^T, dS @ x and dS^T @ x only.",
+        "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.losses.Circle("
+        "implementation='fused')` (without XLA the CPU kernel; under `jit` the op's XLA "
+        "lowering, which on the CPU calls the same engine); `fused-hlo`: the same with the "
+        "blocked HLO lowering forced, as GPUs and TPUs run it; `matmul`: x @ x^T, dS @ x and "
+        "dS^T @ x only.",
         f"- OOM rows were not run: their estimated peak exceeds {MEMORY_FRACTION:.0%} of the RAM.",
         "",
         "| N | D | implementation | mode | fwd+bwd time (s) | peak RSS (GiB) | baseline (GiB) |",
