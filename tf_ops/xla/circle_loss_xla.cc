@@ -16,6 +16,7 @@
 #include "tensorflow/core/framework/kernel_def.pb.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_ops/kernels/circle_loss_validation.h"
+#include "tf_ops/xla/circle_loss_custom_call.h"
 #include "xla/hlo/builder/lib/arithmetic.h"
 #include "xla/hlo/builder/lib/constants.h"
 #include "xla/hlo/builder/xla_builder.h"
@@ -118,6 +119,10 @@ class CircleLossXlaOp : public XlaOpKernel {
                             ctx->InputShape(2), ctx->InputShape(3),
                             attrs_.self_reference));
     OP_REQUIRES_OK(ctx, ValidateDiagonalOffset(ctx->InputShape(4)));
+    if (UseCpuCustomCall(ctx)) {
+      EmitCpuCircleLoss(ctx, attrs_);
+      return;
+    }
     const CircleGraph g(ctx, attrs_, 0);
     const xla::XlaOp lse_pos = g.Lse(g.pos);
     const xla::XlaOp lse_neg = g.Lse(g.neg);
@@ -150,6 +155,10 @@ class CircleLossGradXlaOp : public XlaOpKernel {
     OP_REQUIRES_OK(ctx, ValidateCircleGradInputs(
                             ctx->InputShape(0), ctx->InputShape(6),
                             ctx->InputShape(7), ctx->InputShape(1).dim_size(0)));
+    if (UseCpuCustomCall(ctx)) {
+      EmitCpuCircleLossGrad(ctx, attrs_);
+      return;
+    }
     const CircleGraph g(ctx, attrs_, 1);
     const double inf = std::numeric_limits<double>::infinity();
     const xla::XlaOp zero = g.Scalar(0.0);
