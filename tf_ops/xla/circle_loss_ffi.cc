@@ -72,7 +72,14 @@ class Batch {
     for (;;) {
       const int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
       if (t >= tasks_) return;
-      (*body_)(t);
+      // An exception (the engine's tile buffers can fail to allocate) must
+      // not escape a pool thread; the first one is rethrown by the caller.
+      try {
+        (*body_)(t);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
       // acq_rel: the last finisher sees every task's writes and publishes
       // them, through the mutex, to the waiting caller.
       if (unfinished_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -86,6 +93,7 @@ class Batch {
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return done_; });
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
@@ -96,6 +104,7 @@ class Batch {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::exception_ptr error_;
 };
 
 TaskRunner PoolRunner(ffi::ThreadPool* pool) {
