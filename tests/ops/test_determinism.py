@@ -75,6 +75,8 @@ def test_jit_custom_call_ignores_the_thread_count_and_matches_the_kernel():
     one, two = _probe(1, True, jit=True), _probe(2, True, jit=True)
     assert one == two
     assert _probe.__wrapped__(2, True, jit=True) == two
+    # Without the flag too: the custom call's plan never follows the pool.
+    assert _probe(1, False, jit=True) == two
     kernel = _probe(2, determinism=True)
     differing = sorted(case for case in kernel if kernel[case] != two[case])
     assert not differing, f"jit vs CPU kernel differ for {differing}"
