@@ -28,6 +28,8 @@ SOURCES = [
     "tf_ops/kernels/circle_loss_kernels.cc",
     "tf_ops/xla/circle_loss_blocked_hlo.cc",
     "tf_ops/xla/circle_loss_xla.cc",
+    "tf_ops/xla/circle_loss_custom_call.cc",
+    "tf_ops/xla/circle_loss_ffi.cc",
     "tf_ops/version.cc",
 ]
 

@@ -3,7 +3,7 @@
 Run by tests/ops/test_determinism.py in fresh processes, because the intra-op thread count
 can only be set before TensorFlow runs anything:
 
-    python tests/ops/determinism_probe.py --threads 2 [--determinism] [--repeats 2]
+    python tests/ops/determinism_probe.py --threads 2 [--determinism] [--jit] [--repeats 2]
 
 Every case is computed ``--repeats`` times in the process; the output maps each case to the
 list of its distinct hashes, so a case that is stable within the process has exactly one.
@@ -48,18 +48,29 @@ def _inputs(n, m, d, dtype):
     return x, labels, embeddings(m), rng.integers(0, classes + 2, size=m), upstream
 
 
-def _digest(tf, circle_loss, x, labels, ref, ref_labels, upstream):
+def _loss_and_grads(tf, circle_loss, labels, ref_labels, upstream, jit):
+    """fn(x, ref) -> (loss, gradients); one XLA executable per case with jit (the CPU custom
+    call), so that repeats run the same compiled code."""
+
+    def fn(x, ref):
+        watched = [x] if ref is None else [x, ref]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            loss = circle_loss(
+                x, labels, ref, ref_labels, gamma=80.0, margin=0.25, remove_diagonal=True
+            )
+            total = tf.reduce_sum(loss * upstream)
+        return loss, tape.gradient(total, watched)
+
+    return tf.function(fn, jit_compile=True) if jit else fn
+
+
+def _digest(tf, fn, x, ref):
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
-    watched = [x] if ref is None else [x, ref]
-    with tf.GradientTape() as tape:
-        tape.watch(watched)
-        loss = circle_loss(
-            x, labels, ref, ref_labels, gamma=80.0, margin=0.25, remove_diagonal=True
-        )
-        total = tf.reduce_sum(loss * upstream)
+    loss, grads = fn(x, ref)
     digest = hashlib.sha256(np.asarray(loss).tobytes())
-    for grad in tape.gradient(total, watched):
+    for grad in grads:
         digest.update(np.asarray(grad).tobytes())
     return digest.hexdigest()
 
@@ -69,6 +80,7 @@ def main():
     parser.add_argument("--threads", type=int, required=True, help="intra-op threads")
     parser.add_argument("--determinism", action="store_true", help="enable_op_determinism()")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--jit", action="store_true", help="run under tf.function(jit_compile)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -81,8 +93,9 @@ def main():
     hashes = {}
     for n, m, d in SHAPES:
         for dtype in DTYPES:
-            case = _inputs(n, m, d, dtype)
-            runs = {_digest(tf, circle_loss, *case) for _ in range(args.repeats)}
+            x, labels, ref, ref_labels, upstream = _inputs(n, m, d, dtype)
+            fn = _loss_and_grads(tf, circle_loss, labels, ref_labels, upstream, args.jit)
+            runs = {_digest(tf, fn, x, ref) for _ in range(args.repeats)}
             hashes[f"n={n} m={m} d={d} {dtype}"] = sorted(runs)
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     print(json.dumps({"threads": threads, "hashes": hashes}))

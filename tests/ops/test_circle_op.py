@@ -1,5 +1,8 @@
 """The fused Circle op against keras.losses.circle: values, gradients, dtypes, errors."""
 
+import contextlib
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -23,7 +26,8 @@ def _value_and_grads(fn, x, ref, upstream, mode="eager"):
     """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref.
 
     With mode "function" or "jit" the gradients are taken inside the compiled function, as
-    Keras's train_step does.
+    Keras's train_step does. On CPU "jit" runs the custom call into the CPU engine; "jit-hlo"
+    compiles the HLO lowering that the other XLA backends get.
     """
 
     def loss_and_grads(x, ref):
@@ -36,15 +40,33 @@ def _value_and_grads(fn, x, ref, upstream, mode="eager"):
         return loss, tape.gradient(total, [x] if ref is None else [x, ref])
 
     if mode != "eager":
-        loss_and_grads = tf.function(loss_and_grads, jit_compile=(mode == "jit"))
+        loss_and_grads = tf.function(loss_and_grads, jit_compile=mode.startswith("jit"))
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
-    loss, grads = loss_and_grads(x, ref)
+    with _lowering_forced(mode == "jit-hlo"):
+        loss, grads = loss_and_grads(x, ref)
     grads = [
         np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
         for g, v in zip(grads, [x, ref], strict=False)
     ]
     return np.asarray(loss, np.float64), grads
+
+
+@contextlib.contextmanager
+def _lowering_forced(hlo):
+    """KERAS_MARGIN_XLA_BLOCKED_HLO=1 while a fresh function compiles (at its first call)."""
+    if not hlo:
+        yield
+        return
+    saved = os.environ.get("KERAS_MARGIN_XLA_BLOCKED_HLO")
+    os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"]
+        else:
+            os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = saved
 
 
 def _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal):
@@ -178,7 +200,7 @@ def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, marg
     _assert_close_f64(got, want)
 
 
-@pytest.mark.parametrize("mode", ["function", "jit"])
+@pytest.mark.parametrize("mode", ["function", "jit", "jit-hlo"])
 @pytest.mark.parametrize(
     "n,m,d,layout,gamma,margin,remove_diagonal",
     [
@@ -207,7 +229,7 @@ def test_matches_keras_compiled(
     _assert_close_f32(got, want, gamma)
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("mode", ["eager", "function", "jit", "jit-hlo"])
 @pytest.mark.parametrize("offset", [0, 1, 5, 12, 19, 20, 1000])
 def test_diagonal_offset_matches_composite(rng, mode, offset):
     """Anchors that are rows offset, offset + 1, ... of a batch the 20 references are aligned
@@ -240,7 +262,10 @@ def test_diagonal_offset_is_the_global_row(rng, implementation, offset):
     np.testing.assert_allclose(sliced, np.asarray(whole)[rows], rtol=1e-12)
 
 
-def test_jit_hlo_contains_lowering(rng):
+def test_jit_hlo_contains_lowering(rng, monkeypatch):
+    # On CPU jit is a custom call into the CPU engine (test_cpu_custom_call.py); the variable
+    # keeps the HLO lowering that the other XLA backends get.
+    monkeypatch.setenv("KERAS_MARGIN_XLA_BLOCKED_HLO", "1")
     x = tf.constant(make_embeddings(rng, 16, 4))
     labels = tf.constant(make_labels(rng, 16, "random"))
     fn = tf.function(

@@ -5,7 +5,9 @@ which tile updates which rows when, so results repeat exactly for a given block 
 plan follows the intra-op pool's size, except under tf.config.experimental.
 enable_op_determinism(), where it follows the machine's CPU count and so does not change
 with set_intra_op_parallelism_threads. The thread count can only be set before TensorFlow
-runs anything, hence one fresh process (determinism_probe.py) per configuration.
+runs anything, hence one fresh process (determinism_probe.py) per configuration. Under jit
+on CPU the op is a custom call into the same engine, whose plan always follows the CPU
+count.
 """
 
 import functools
@@ -21,11 +23,13 @@ PROBE = Path(__file__).with_name("determinism_probe.py")
 
 
 @functools.cache
-def _probe(threads, determinism):
+def _probe(threads, determinism, jit=False):
     """{case: [distinct hashes over two calls in one process]} for one configuration."""
     command = [sys.executable, str(PROBE), "--threads", str(threads), "--repeats", "2"]
     if determinism:
         command.append("--determinism")
+    if jit:
+        command.append("--jit")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,3 +61,22 @@ def test_repeated_runs_agree_without_op_determinism():
     _assert_stable_within_process(first)
     second = _probe.__wrapped__(2, determinism=False)
     assert first == second
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_jit_custom_call_repeats_under_op_determinism(threads):
+    _assert_stable_within_process(_probe(threads, determinism=True, jit=True))
+
+
+def test_jit_custom_call_ignores_the_thread_count_and_matches_the_kernel():
+    """The custom call always plans its blocks for the machine's CPU count, as the CPU kernel
+    does under op determinism, and runs the same engine: results are the same bits across
+    intra-op thread counts, across processes and as the kernel's."""
+    one, two = _probe(1, True, jit=True), _probe(2, True, jit=True)
+    assert one == two
+    assert _probe.__wrapped__(2, True, jit=True) == two
+    # Without the flag too: the custom call's plan never follows the pool.
+    assert _probe(1, False, jit=True) == two
+    kernel = _probe(2, determinism=True)
+    differing = sorted(case for case in kernel if kernel[case] != two[case])
+    assert not differing, f"jit vs CPU kernel differ for {differing}"

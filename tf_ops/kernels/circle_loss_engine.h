@@ -44,8 +44,11 @@ struct CircleProblem {
   double gamma = 1.0;
   double margin = 0.0;
   // With remove_diagonal, row i's excluded positive is reference
-  // i + diagonal_offset (>= 0; 0 with self_reference): the anchors may be a
-  // slice of a larger batch whose row index the reference set is aligned with.
+  // i + diagonal_offset (0 with self_reference): the anchors may be a slice of
+  // a larger batch whose row index the reference set is aligned with. A row
+  // for which i + diagonal_offset is no reference excludes nothing (every row
+  // for an offset >= m). A negative offset must be > -n, where it still
+  // excludes something, so that the index arithmetic cannot overflow.
   bool remove_diagonal = false;
   int64_t diagonal_offset = 0;
 };

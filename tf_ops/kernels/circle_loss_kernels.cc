@@ -1,7 +1,6 @@
 // CPU kernels of KerasMargin>CircleLoss and KerasMargin>CircleLossGrad: input
 // checks, dtype conversion and label compaction around the blocked engine.
 
-#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -13,6 +12,7 @@
 #include "tensorflow/core/platform/threadpool.h"
 #include "tensorflow/core/util/determinism.h"
 #include "tf_ops/kernels/circle_loss_engine.h"
+#include "tf_ops/kernels/circle_loss_labels.h"
 #include "tf_ops/kernels/circle_loss_validation.h"
 
 namespace keras_margin {
@@ -69,43 +69,14 @@ const AccType<T>* AsAcc(const Tensor& t, std::vector<AccType<T>>* storage) {
   }
 }
 
-// Labels only matter through equality, so they are mapped to dense int32
-// ids; int32 labels are used as they are.
+// CompactLabels over the two label tensors.
 template <typename Tlabel>
-struct CompactLabels {
-  CompactLabels(const Tensor& labels, const Tensor& ref_labels,
-                bool self_reference) {
-    const auto a = labels.flat<Tlabel>();
-    const auto b = ref_labels.flat<Tlabel>();
-    if constexpr (std::is_same_v<Tlabel, int32_t>) {
-      query = a.data();
-      ref = self_reference ? a.data() : b.data();
-    } else {
-      std::vector<Tlabel> keys(a.data(), a.data() + a.size());
-      if (!self_reference) keys.insert(keys.end(), b.data(), b.data() + b.size());
-      std::sort(keys.begin(), keys.end());
-      keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-      auto to_ids = [&keys](const Tlabel* v, int64_t n) {
-        std::vector<int32_t> ids(n);
-        for (int64_t i = 0; i < n; ++i) {
-          ids[i] = static_cast<int32_t>(
-              std::lower_bound(keys.begin(), keys.end(), v[i]) - keys.begin());
-        }
-        return ids;
-      };
-      query_ids = to_ids(a.data(), a.size());
-      query = query_ids.data();
-      if (self_reference) {
-        ref = query;
-      } else {
-        ref_ids = to_ids(b.data(), b.size());
-        ref = ref_ids.data();
-      }
-    }
-  }
-  const int32_t* query = nullptr;
-  const int32_t* ref = nullptr;
-  std::vector<int32_t> query_ids, ref_ids;
+struct TensorLabels : CompactLabels<Tlabel> {
+  TensorLabels(const Tensor& labels, const Tensor& ref_labels,
+               bool self_reference)
+      : CompactLabels<Tlabel>(labels.flat<Tlabel>().data(), labels.NumElements(),
+                              ref_labels.flat<Tlabel>().data(),
+                              ref_labels.NumElements(), self_reference) {}
 };
 
 template <typename T, typename Tlabel>
@@ -174,7 +145,7 @@ class CircleLossOp : public CircleKernelBase<T, Tlabel> {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n}, &lse_neg));
     if (n == 0) return;
 
-    const CompactLabels<Tlabel> ids(labels, ref_labels,
+    const TensorLabels<Tlabel> ids(labels, ref_labels,
                                     this->attrs_.self_reference);
     std::vector<Acc> x_storage, ref_storage;
     const CircleProblem<Acc> p =
@@ -230,7 +201,7 @@ class CircleLossGradOp : public CircleKernelBase<T, Tlabel> {
       return;
     }
 
-    const CompactLabels<Tlabel> ids(labels, ref_labels, self_reference);
+    const TensorLabels<Tlabel> ids(labels, ref_labels, self_reference);
     std::vector<Acc> x_storage, ref_storage;
     const CircleProblem<Acc> p =
         this->Problem(x, ref, ids, offset, &x_storage, &ref_storage);

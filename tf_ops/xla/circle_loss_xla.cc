@@ -3,9 +3,10 @@
 // backend of the wheel (XLA_CPU_JIT, XLA_GPU_JIT).
 //
 // Compile() validates the static shapes (XLA cannot raise at run time) and
-// hands the operands to an emitter: the blocked HLO of
-// circle_loss_blocked_hlo.h, whose While loops over reference tiles keep
-// memory at O((N + M) * D + N * B) on every backend.
+// hands the operands to an emitter: on XLA:CPU a custom call into the blocked
+// CPU engine (circle_loss_custom_call.h), elsewhere, or when
+// KERAS_MARGIN_XLA_BLOCKED_HLO=1, the blocked HLO of circle_loss_blocked_hlo.h,
+// whose While loops over reference tiles keep memory at O((N + M) * D + N * B).
 
 #include <string>
 
@@ -15,6 +16,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_ops/kernels/circle_loss_validation.h"
 #include "tf_ops/xla/circle_loss_blocked_hlo.h"
+#include "tf_ops/xla/circle_loss_custom_call.h"
 
 namespace keras_margin {
 namespace {
@@ -52,6 +54,10 @@ class CircleLossXlaOp : public XlaOpKernel {
                             ctx->InputShape(2), ctx->InputShape(3),
                             attrs_.self_reference));
     OP_REQUIRES_OK(ctx, ValidateDiagonalOffset(ctx->InputShape(4)));
+    if (UseCpuCustomCall(ctx)) {
+      EmitCpuCircleLoss(ctx, attrs_);
+      return;
+    }
     const CircleXlaForward out =
         EmitBlockedCircleForward(ctx->builder(), attrs_, Operands(ctx, 0));
     ctx->SetOutput(0, out.loss);
@@ -78,6 +84,10 @@ class CircleLossGradXlaOp : public XlaOpKernel {
     OP_REQUIRES_OK(ctx, ValidateCircleGradInputs(
                             ctx->InputShape(0), ctx->InputShape(6),
                             ctx->InputShape(7), ctx->InputShape(1).dim_size(0)));
+    if (UseCpuCustomCall(ctx)) {
+      EmitCpuCircleLossGrad(ctx, attrs_);
+      return;
+    }
     const CircleXlaBackward out = EmitBlockedCircleBackward(
         ctx->builder(), attrs_, Operands(ctx, 1), ctx->Input(0),
         ctx->Input(6), ctx->Input(7));
