@@ -18,10 +18,14 @@ from .helpers import make_embeddings, make_labels
 HYPERPARAMETERS = {"gamma": 64.0, "margin": 0.25, "remove_diagonal": True}
 
 
+@pytest.mark.parametrize("lowering", ["cpu custom call", "blocked hlo"])
 @pytest.mark.parametrize("replicas, rows", [(2, 700), (4, 333)])
-def test_gather_and_op_in_one_xla_program_equal_one_device(replicas, rows):
+def test_gather_and_op_in_one_xla_program_equal_one_device(replicas, rows, lowering, monkeypatch):
+    """Several of the blocked lowering's 1024-wide column tiles, the last one padded."""
+    if lowering == "blocked hlo":  # what a TPU compiles; read when the function compiles
+        monkeypatch.setenv("KERAS_MARGIN_XLA_BLOCKED_HLO", "1")
     rng = np.random.default_rng(replicas)
-    n = replicas * rows  # several of the lowering's column tiles
+    n = replicas * rows
     x = tf.constant(make_embeddings(rng, n, 16))
     labels = tf.constant(make_labels(rng, n, "mixed", classes=40))
     weights = tf.constant(rng.random(n), tf.float32)
