@@ -343,3 +343,20 @@ def test_empty_sets(op_lib, n, m, self_reference):
     np.testing.assert_array_equal(lse_pos, np.full(n, -np.inf))
     np.testing.assert_array_equal(grad_x, np.zeros((n, d)))
     np.testing.assert_array_equal(grad_ref, np.zeros((m, d)))
+
+
+def test_dynamic_shapes_take_the_hlo_lowering(rng):
+    """Rows picked by tf.boolean_mask have a bounded dynamic size under XLA, which a custom
+    call cannot take: the op compiles to the HLO lowering there, and still matches."""
+    x = tf.constant(make_embeddings(rng, 40, 6))
+    labels = tf.constant(make_labels(rng, 40, "random"), tf.int32)
+    keep = tf.constant(rng.random(40) < 0.6)
+
+    def fn(x, labels, keep):
+        return _loss_and_grads(tf.boolean_mask(x, keep), tf.boolean_mask(labels, keep))
+
+    hlo = _hlo(fn, x, labels, keep)
+    assert "keras_margin_circle_loss" not in hlo
+    got, want = _numpy(_compiled(fn)(x, labels, keep)), _numpy(fn(x, labels, keep))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-4)

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "tensorflow/compiler/tf2xla/xla_compiler.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
@@ -18,6 +19,7 @@
 #include "tf_ops/kernels/circle_loss_validation.h"
 #include "xla/hlo/builder/lib/constants.h"
 #include "xla/hlo/builder/xla_builder.h"
+#include "xla/shape.h"
 #include "xla/shape_util.h"
 
 namespace keras_margin {
@@ -104,6 +106,13 @@ bool UseCpuCustomCall(XlaOpKernelContext* ctx) {
                                  tensorflow::DeviceType(
                                      tensorflow::DEVICE_CPU_XLA_JIT)) {
     return false;
+  }
+  // XLA's dynamic padder cannot give a custom call bounded dynamic
+  // dimensions (say, rows picked by tf.boolean_mask); the HLO lowering
+  // handles them.
+  for (int i = 0; i < ctx->num_inputs(); ++i) {
+    const absl::StatusOr<xla::Shape> shape = ctx->InputXlaShape(i);
+    if (!shape.ok() || !shape->is_static()) return false;
   }
   const char* force_hlo = std::getenv("KERAS_MARGIN_XLA_BLOCKED_HLO");
   if (force_hlo != nullptr && std::string_view(force_hlo) == "1") return false;

@@ -21,9 +21,10 @@ inline constexpr char kCircleBackwardTarget[] = "keras_margin_circle_loss_grad";
 // registered (circle_loss_ffi.cc).
 const char* CircleFfiRegistrationError();
 
-// True when compiling for XLA_CPU_JIT, the FFI handlers registered at load
-// time, and KERAS_MARGIN_XLA_BLOCKED_HLO (read at each compilation; tests set
-// it to "1" to force the HLO lowering on CPU) is not "1".
+// True when compiling for XLA_CPU_JIT with static input shapes, the FFI
+// handlers registered at load time, and KERAS_MARGIN_XLA_BLOCKED_HLO (read at
+// each compilation; tests set it to "1" to force the HLO lowering on CPU) is
+// not "1".
 bool UseCpuCustomCall(tensorflow::XlaOpKernelContext* ctx);
 
 // Emit the custom call and set every output of KerasMargin>CircleLoss /
