@@ -23,9 +23,14 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 
+bool OnCpu(OpKernelConstruction* ctx) {
+  return ctx->device_type() ==
+         tensorflow::DeviceType(tensorflow::DEVICE_CPU_XLA_JIT);
+}
+
 // The operands at inputs first .. first + 4: embeddings, labels,
 // ref_embeddings, ref_labels, diagonal_offset.
-CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first) {
+CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first, bool on_cpu) {
   CircleXlaOperands in;
   in.x = ctx->Input(first);
   in.labels = ctx->Input(first + 1);
@@ -37,12 +42,15 @@ CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first) {
   in.dim = ctx->InputShape(first).dim_size(1);
   in.type = ctx->input_xla_type(first);
   in.label_type = ctx->input_xla_type(first + 1);
+  in.tile_budget_bytes =
+      on_cpu ? kCpuTileBudgetBytes : kAcceleratorTileBudgetBytes;
   return in;
 }
 
 class CircleLossXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit CircleLossXlaOp(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -52,8 +60,8 @@ class CircleLossXlaOp : public XlaOpKernel {
                             ctx->InputShape(2), ctx->InputShape(3),
                             attrs_.self_reference));
     OP_REQUIRES_OK(ctx, ValidateDiagonalOffset(ctx->InputShape(4)));
-    const CircleXlaForward out =
-        EmitBlockedCircleForward(ctx->builder(), attrs_, Operands(ctx, 0));
+    const CircleXlaForward out = EmitBlockedCircleForward(
+        ctx->builder(), attrs_, Operands(ctx, 0, on_cpu_));
     ctx->SetOutput(0, out.loss);
     ctx->SetOutput(1, out.lse_pos);
     ctx->SetOutput(2, out.lse_neg);
@@ -61,11 +69,13 @@ class CircleLossXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
+  const bool on_cpu_;
 };
 
 class CircleLossGradXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -79,7 +89,7 @@ class CircleLossGradXlaOp : public XlaOpKernel {
                             ctx->InputShape(0), ctx->InputShape(6),
                             ctx->InputShape(7), ctx->InputShape(1).dim_size(0)));
     const CircleXlaBackward out = EmitBlockedCircleBackward(
-        ctx->builder(), attrs_, Operands(ctx, 1), ctx->Input(0),
+        ctx->builder(), attrs_, Operands(ctx, 1, on_cpu_), ctx->Input(0),
         ctx->Input(6), ctx->Input(7));
     ctx->SetOutput(0, out.grad_x);
     ctx->SetOutput(1, out.grad_ref);
@@ -87,6 +97,7 @@ class CircleLossGradXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
+  const bool on_cpu_;
 };
 
 REGISTER_XLA_OP(Name("KerasMargin>CircleLoss"), CircleLossXlaOp);
