@@ -45,7 +45,6 @@ BYTES_PER_PAIR = {
     "keras:eager": 130,
     "keras:function": 80,
     "keras:jit": 26,
-    "fused:jit": 30,
     "matmul:eager": 12,
     "matmul:function": 12,
 }
@@ -226,7 +225,7 @@ def render(rows: list[str], argv: list[str]) -> str:
         "- peak RSS: VmHWM of the process that ran only this configuration; the baseline is "
         "its VmHWM after importing TensorFlow and building the inputs.",
         "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.ops.circle_loss` (under "
-        "`jit` it runs the op's XLA lowering, which materialises N x N like Keras); `matmul`: "
+        "`jit` it runs the op's blocked XLA lowering, O(N x B) memory); `matmul`: "
         "x @ x^T, dS @ x and dS^T @ x only.",
         f"- OOM rows were not run: their estimated peak exceeds {MEMORY_FRACTION:.0%} of the RAM.",
         "",
