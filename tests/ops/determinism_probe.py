@@ -3,7 +3,8 @@
 Run by tests/ops/test_determinism.py in fresh processes, because the intra-op thread count
 can only be set before TensorFlow runs anything:
 
-    python tests/ops/determinism_probe.py --threads 2 [--determinism] [--jit] [--repeats 2]
+    python tests/ops/determinism_probe.py --threads 2 [--determinism] [--jit [--blocked-hlo]]
+        [--repeats 2]
 
 Every case is computed ``--repeats`` times in the process; the output maps each case to the
 list of its distinct hashes, so a case that is stable within the process has exactly one.
@@ -50,7 +51,7 @@ def _inputs(n, m, d, dtype):
 
 def _loss_and_grads(tf, circle_loss, labels, ref_labels, upstream, jit):
     """fn(x, ref) -> (loss, gradients); one XLA executable per case with jit (the CPU custom
-    call), so that repeats run the same compiled code."""
+    call, or the blocked HLO), so that repeats run the same compiled code."""
 
     def fn(x, ref):
         watched = [x] if ref is None else [x, ref]
@@ -81,7 +82,12 @@ def main():
     parser.add_argument("--determinism", action="store_true", help="enable_op_determinism()")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--jit", action="store_true", help="run under tf.function(jit_compile)")
+    parser.add_argument(
+        "--blocked-hlo", action="store_true", help="with --jit: compile the blocked HLO lowering"
+    )
     args = parser.parse_args()
+    if args.blocked_hlo:
+        os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"
 
     import tensorflow as tf
 

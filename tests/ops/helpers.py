@@ -1,4 +1,7 @@
-"""Data generators shared by the fused-op tests."""
+"""Data generators and compile modes shared by the fused-op tests."""
+
+import contextlib
+import os
 
 import numpy as np
 
@@ -65,3 +68,24 @@ class RawCircleOps:
             upstream, x, labels, ref, ref_labels, diagonal_offset, lse_pos, lse_neg,
             **self._attrs(gamma, margin, attrs),
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def blocked_hlo_forced(forced=True):
+    """KERAS_MARGIN_XLA_BLOCKED_HLO=1 while a fresh function compiles (at its first call).
+
+    On CPU, jit_compile otherwise compiles the op as a custom call into the CPU engine; the
+    variable makes XLA:CPU compile the blocked HLO lowering that GPUs and TPUs get.
+    """
+    if not forced:
+        yield
+        return
+    saved = os.environ.get("KERAS_MARGIN_XLA_BLOCKED_HLO")
+    os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"]
+        else:
+            os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = saved

@@ -1,8 +1,5 @@
 """The fused Circle op against keras.losses.circle: values, gradients, dtypes, errors."""
 
-import contextlib
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ from keras_margin import ops as km_ops
 from keras_margin.losses.circle import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
-from .helpers import make_embeddings, make_labels
+from .helpers import blocked_hlo_forced, make_embeddings, make_labels
 
 
 def test_custom_op_is_available():
@@ -43,7 +40,7 @@ def _value_and_grads(fn, x, ref, upstream, mode="eager"):
         loss_and_grads = tf.function(loss_and_grads, jit_compile=mode.startswith("jit"))
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
-    with _lowering_forced(mode == "jit-hlo"):
+    with blocked_hlo_forced(mode == "jit-hlo"):
         loss, grads = loss_and_grads(x, ref)
     grads = [
         np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
@@ -52,21 +49,17 @@ def _value_and_grads(fn, x, ref, upstream, mode="eager"):
     return np.asarray(loss, np.float64), grads
 
 
-@contextlib.contextmanager
-def _lowering_forced(hlo):
-    """KERAS_MARGIN_XLA_BLOCKED_HLO=1 while a fresh function compiles (at its first call)."""
-    if not hlo:
-        yield
-        return
-    saved = os.environ.get("KERAS_MARGIN_XLA_BLOCKED_HLO")
-    os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"]
-        else:
-            os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = saved
+# The op eagerly (its CPU kernel) and under XLA through both CPU lowerings.
+EXECUTIONS = ["eager", "jit", "jit-hlo"]
+
+
+def _in_mode(mode, fn, *args):
+    """fn(*args) eagerly, or compiled by XLA: "jit" (the custom call into the CPU engine) or
+    "jit-hlo" (the blocked HLO lowering)."""
+    if mode == "eager":
+        return fn(*args)
+    with blocked_hlo_forced(mode == "jit-hlo"):
+        return tf.function(fn, jit_compile=True)(*args)
 
 
 def _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal):
@@ -276,8 +269,9 @@ def test_jit_hlo_contains_lowering(rng, monkeypatch):
     assert "dot(" in hlo and "exponential" in hlo
 
 
+@pytest.mark.parametrize("mode", EXECUTIONS)
 @pytest.mark.parametrize("self_reference", [True, False])
-def test_compute_gradient_float64(rng, self_reference):
+def test_compute_gradient_float64(rng, mode, self_reference):
     n, m, d = 9, 7, 4
     x = make_embeddings(rng, n, d, np.float64)
     labels = np.array([0, 1, 0, 2, 1, 3, 0, 2, 4])
@@ -295,14 +289,18 @@ def test_compute_gradient_float64(rng, self_reference):
         def fn(x, ref):
             return circle_loss(x, labels, ref, ref_labels, **kwargs)
 
-    theoretical, numerical = tf.test.compute_gradient(fn, args, delta=1e-6)
+    if mode != "eager":
+        fn = tf.function(fn, jit_compile=True)
+    with blocked_hlo_forced(mode == "jit-hlo"):
+        theoretical, numerical = tf.test.compute_gradient(fn, args, delta=1e-6)
     for t, nm in zip(theoretical, numerical, strict=True):
         np.testing.assert_allclose(t, nm, rtol=1e-5, atol=1e-5 * np.abs(nm).max())
 
 
 @pytest.mark.parametrize("dtype,rtol", [(tf.float16, 2e-3), (tf.bfloat16, 1.6e-2)])
 @pytest.mark.parametrize("with_ref", [False, True])
-def test_low_precision_inputs(rng, dtype, rtol, with_ref):
+@pytest.mark.parametrize("mode", EXECUTIONS)
+def test_low_precision_inputs(rng, dtype, rtol, with_ref, mode):
     """half/bfloat16 are widened and accumulated in float32: the only extra error is the
     rounding of the outputs to the input dtype."""
     n, m, d = 50, 30, 16
@@ -313,7 +311,7 @@ def test_low_precision_inputs(rng, dtype, rtol, with_ref):
     upstream = rng.random(n)
     kwargs = dict(gamma=80.0, margin=0.25, remove_diagonal=True)
     loss, grads = _value_and_grads(
-        lambda x, ref: circle_loss(x, labels, ref, ref_labels, **kwargs), x, ref, upstream
+        lambda x, ref: circle_loss(x, labels, ref, ref_labels, **kwargs), x, ref, upstream, mode
     )
     as32 = None if ref is None else tf.cast(ref, tf.float32)
     want_loss, want_grads = _value_and_grads(
@@ -327,69 +325,90 @@ def test_low_precision_inputs(rng, dtype, rtol, with_ref):
         np.testing.assert_allclose(g, wg, rtol=rtol, atol=rtol * np.abs(wg).max())
 
 
+@pytest.mark.parametrize("mode", EXECUTIONS)
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64, np.float32])
-def test_label_dtypes_and_shapes(rng, label_dtype):
-    x = make_embeddings(rng, 30, 5)
+def test_label_dtypes_and_shapes(rng, mode, label_dtype):
+    x = tf.constant(make_embeddings(rng, 30, 5))
     labels = make_labels(rng, 30, "mixed")
     kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
     want = circle_loss(x, labels.astype(np.int32), **kwargs)
     # Large int64 values must stay distinct (no float round trip).
     big = labels.astype(np.int64) * (2**40) if label_dtype == np.int64 else labels
-    got = circle_loss(x, big.astype(label_dtype).reshape(-1, 1), **kwargs)
+    got = _in_mode(
+        mode, lambda x: circle_loss(x, big.astype(label_dtype).reshape(-1, 1), **kwargs), x
+    )
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    mixed = circle_loss(x, labels.astype(np.int32), x, labels.astype(np.int64), **kwargs)
+    mixed = _in_mode(
+        mode,
+        lambda x: circle_loss(x, labels.astype(np.int32), x, labels.astype(np.int64), **kwargs),
+        x,
+    )
     np.testing.assert_allclose(mixed, want, rtol=1e-5, atol=1e-4)
 
 
-def test_int64_labels_beyond_float_precision(rng):
-    x = make_embeddings(rng, 4, 3)
+@pytest.mark.parametrize("mode", EXECUTIONS)
+def test_int64_labels_beyond_float_precision(rng, mode):
+    x = tf.constant(make_embeddings(rng, 4, 3))
     # Distinct int64 labels that collide once cast to float32.
     labels = np.array([2**40, 2**40 + 1, 2**40, 2**40 + 1], np.int64)
-    loss = circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True)
+    loss = _in_mode(
+        mode, lambda x: circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True), x
+    )
     want = keras.losses.circle(np.array([0, 1, 0, 1]), x, gamma=80.0, margin=0.4)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", EXECUTIONS)
 @pytest.mark.parametrize("with_ref", [False, True])
-def test_empty_batch(with_ref):
-    x = tf.zeros([0, 8])
+def test_empty_batch(mode, with_ref):
     labels = tf.zeros([0], tf.int32)
     ref = tf.random.normal([5, 8]) if with_ref else None
     ref_labels = tf.range(5) if with_ref else None
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = circle_loss(x, labels, ref, ref_labels, gamma=80.0, margin=0.4, remove_diagonal=True)
-    assert loss.shape == (0,)
-    assert tape.gradient(loss, x).shape == (0, 8)
 
-
-def test_empty_reference_and_zero_dim(rng):
-    x = tf.constant(make_embeddings(rng, 6, 3))
-    labels = tf.constant([0, 1, 0, 1, 2, 2])
-    loss = circle_loss(
-        x,
-        labels,
-        tf.zeros([0, 3]),
-        tf.zeros([0], tf.int32),
-        gamma=80.0,
-        margin=0.4,
-        remove_diagonal=True,
-    )
-    np.testing.assert_array_equal(loss, np.zeros(6))
-    # Embeddings with no column are a caller's bug, refused rather than scored (Keras scores
-    # them as if every similarity were 0).
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at least one column \(D >= 1\)"):
-        circle_loss(tf.zeros([6, 0]), labels, gamma=80.0, margin=0.4, remove_diagonal=True)
-
-
-def test_degenerate_rows_have_zero_gradient_not_nan(rng):
-    x = tf.constant(make_embeddings(rng, 6, 4))
-    for labels in ([0, 1, 2, 3, 4, 5], [3] * 6):
+    def loss_and_grad(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = circle_loss(x, labels, gamma=1024.0, margin=0.4, remove_diagonal=True)
+            loss = circle_loss(
+                x, labels, ref, ref_labels, gamma=80.0, margin=0.4, remove_diagonal=True
+            )
+        return loss, tape.gradient(loss, x)
+
+    loss, grad = _in_mode(mode, loss_and_grad, tf.zeros([0, 8]))
+    assert loss.shape == (0,)
+    assert grad.shape == (0, 8)
+
+
+@pytest.mark.parametrize("mode", EXECUTIONS)
+def test_empty_reference_and_zero_dim(rng, mode):
+    x = tf.constant(make_embeddings(rng, 6, 3))
+    labels = tf.constant([0, 1, 0, 1, 2, 2])
+    kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
+    no_refs = tf.zeros([0, 3]), tf.zeros([0], tf.int32)
+    loss = _in_mode(mode, lambda x: circle_loss(x, labels, *no_refs, **kwargs), x)
+    np.testing.assert_array_equal(loss, np.zeros(6))
+    # Embeddings with no column are a caller's bug, refused rather than scored (Keras scores
+    # them as if every similarity were 0). Traced with the static shape, the shape function
+    # refuses it (ValueError); test_op_validation.py has the compile-time checks.
+    error = tf.errors.InvalidArgumentError if mode == "eager" else ValueError
+    with pytest.raises(error, match=r"at least one column \(D >= 1\)"):
+        _in_mode(mode, lambda x: circle_loss(x, labels, **kwargs), tf.zeros([6, 0]))
+
+
+@pytest.mark.parametrize("mode", EXECUTIONS)
+def test_degenerate_rows_have_zero_gradient_not_nan(rng, mode):
+    x = make_embeddings(rng, 6, 4)
+    for labels in ([0, 1, 2, 3, 4, 5], [3] * 6):
+        loss, (grad,) = _value_and_grads(
+            lambda x, _, labels=labels: circle_loss(
+                x, labels, gamma=1024.0, margin=0.4, remove_diagonal=True
+            ),
+            x,
+            None,
+            np.ones(6),
+            mode,
+        )
         np.testing.assert_array_equal(loss, np.zeros(6))
-        np.testing.assert_array_equal(tape.gradient(loss, x), np.zeros((6, 4)))
+        np.testing.assert_array_equal(grad, np.zeros((6, 4)))
 
 
 class TestRawOpValidation:

@@ -7,7 +7,8 @@ enable_op_determinism(), where it follows the machine's CPU count and so does no
 with set_intra_op_parallelism_threads. The thread count can only be set before TensorFlow
 runs anything, hence one fresh process (determinism_probe.py) per configuration. Under jit
 on CPU the op is a custom call into the same engine, whose plan always follows the CPU
-count.
+count. The blocked HLO lowering (what GPUs and TPUs compile), forced on the CPU, loops over
+its tiles in a fixed order.
 """
 
 import functools
@@ -23,13 +24,15 @@ PROBE = Path(__file__).with_name("determinism_probe.py")
 
 
 @functools.cache
-def _probe(threads, determinism, jit=False):
+def _probe(threads, determinism, jit=False, blocked_hlo=False):
     """{case: [distinct hashes over two calls in one process]} for one configuration."""
     command = [sys.executable, str(PROBE), "--threads", str(threads), "--repeats", "2"]
     if determinism:
         command.append("--determinism")
     if jit:
         command.append("--jit")
+    if blocked_hlo:
+        command.append("--blocked-hlo")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,3 +83,12 @@ def test_jit_custom_call_ignores_the_thread_count_and_matches_the_kernel():
     kernel = _probe(2, determinism=True)
     differing = sorted(case for case in kernel if kernel[case] != two[case])
     assert not differing, f"jit vs CPU kernel differ for {differing}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_hlo_repeats_under_op_determinism(threads):
+    """The blocked HLO lowering forced on the CPU: repeated calls and a second process with the
+    same thread count give the same bits."""
+    first = _probe(threads, True, jit=True, blocked_hlo=True)
+    _assert_stable_within_process(first)
+    assert _probe.__wrapped__(threads, True, jit=True, blocked_hlo=True) == first

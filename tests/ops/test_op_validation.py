@@ -2,12 +2,13 @@
 with an InvalidArgumentError naming the argument, and handle the degenerate sizes that are
 valid (N = 0, M = 0, N = 1) and any int32 / int64 label values.
 
-Each case runs in three modes:
+Each case runs in four modes:
   eager     the CPU kernel;
   function  a tf.function whose input signature leaves every shape unknown, so that graph
             construction cannot catch a bad shape and the CPU kernel must;
   jit       the same with jit_compile=True: XLA compiles per concrete shape, so the XLA
-            lowering catches it at compile time.
+            lowering catches it at compile time (on CPU, the custom call into the engine);
+  jit-hlo   jit with the blocked HLO lowering forced, as GPUs and TPUs compile it.
 A fourth mode, static, traces with the concrete shapes: the shape functions then reject bad
 shapes at graph construction, which Python reports as ValueError, with the kernels' message.
 """
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from .helpers import make_embeddings
+from .helpers import blocked_hlo_forced, make_embeddings
 
 ATTRS = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
-MODES = ["eager", "function", "jit"]
+MODES = ["eager", "function", "jit", "jit-hlo"]
 
 
 def _run(mode, fn, *args):
@@ -30,7 +31,9 @@ def _run(mode, fn, *args):
     if mode == "static":
         return tf.function(fn)(*args)
     signature = [tf.TensorSpec(None, a.dtype) for a in args]
-    return tf.function(fn, input_signature=signature, jit_compile=mode == "jit")(*args)
+    compiled = tf.function(fn, input_signature=signature, jit_compile=mode.startswith("jit"))
+    with blocked_hlo_forced(mode == "jit-hlo"):
+        return compiled(*args)
 
 
 def _loss_fn(op_lib, **attrs):

@@ -25,9 +25,14 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 
+bool OnCpu(OpKernelConstruction* ctx) {
+  return ctx->device_type() ==
+         tensorflow::DeviceType(tensorflow::DEVICE_CPU_XLA_JIT);
+}
+
 // The operands at inputs first .. first + 4: embeddings, labels,
 // ref_embeddings, ref_labels, diagonal_offset.
-CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first) {
+CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first, bool on_cpu) {
   CircleXlaOperands in;
   in.x = ctx->Input(first);
   in.labels = ctx->Input(first + 1);
@@ -39,12 +44,15 @@ CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first) {
   in.dim = ctx->InputShape(first).dim_size(1);
   in.type = ctx->input_xla_type(first);
   in.label_type = ctx->input_xla_type(first + 1);
+  in.tile_budget_bytes =
+      on_cpu ? kCpuTileBudgetBytes : kAcceleratorTileBudgetBytes;
   return in;
 }
 
 class CircleLossXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit CircleLossXlaOp(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -58,8 +66,8 @@ class CircleLossXlaOp : public XlaOpKernel {
       EmitCpuCircleLoss(ctx, attrs_);
       return;
     }
-    const CircleXlaForward out =
-        EmitBlockedCircleForward(ctx->builder(), attrs_, Operands(ctx, 0));
+    const CircleXlaForward out = EmitBlockedCircleForward(
+        ctx->builder(), attrs_, Operands(ctx, 0, on_cpu_));
     ctx->SetOutput(0, out.loss);
     ctx->SetOutput(1, out.lse_pos);
     ctx->SetOutput(2, out.lse_neg);
@@ -67,11 +75,13 @@ class CircleLossXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
+  const bool on_cpu_;
 };
 
 class CircleLossGradXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
+  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx)
+      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -89,7 +99,7 @@ class CircleLossGradXlaOp : public XlaOpKernel {
       return;
     }
     const CircleXlaBackward out = EmitBlockedCircleBackward(
-        ctx->builder(), attrs_, Operands(ctx, 1), ctx->Input(0),
+        ctx->builder(), attrs_, Operands(ctx, 1, on_cpu_), ctx->Input(0),
         ctx->Input(6), ctx->Input(7));
     ctx->SetOutput(0, out.grad_x);
     ctx->SetOutput(1, out.grad_ref);
@@ -97,6 +107,7 @@ class CircleLossGradXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
+  const bool on_cpu_;
 };
 
 REGISTER_XLA_OP(Name("KerasMargin>CircleLoss"), CircleLossXlaOp);
