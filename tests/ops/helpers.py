@@ -4,6 +4,7 @@ import contextlib
 import os
 
 import numpy as np
+import tensorflow as tf
 
 
 def make_labels(rng, n, layout, classes=4):
@@ -70,6 +71,20 @@ class RawCircleOps:
         )  # fmt: skip
 
 
+def make_case(rng, n, m, d, layout, dtype=np.float32):
+    """Embeddings and labels for one (n, m, d, layout) case; m None is self-reference."""
+    x = make_embeddings(rng, n, d, dtype)
+    labels = make_labels(rng, n, layout)
+    if m is None:
+        return x, labels, None, None
+    ref = make_embeddings(rng, m, d, dtype)
+    ref_labels = make_labels(rng, m, layout)
+    if layout != "singletons":
+        # Reference labels partly shared with the queries, partly unseen.
+        ref_labels = np.where(rng.random(m) < 0.8, ref_labels, 50 + ref_labels)
+    return x, labels, ref, ref_labels
+
+
 @contextlib.contextmanager
 def blocked_hlo_forced(forced=True):
     """KERAS_MARGIN_XLA_BLOCKED_HLO=1 while a fresh function compiles (at its first call).
@@ -89,3 +104,33 @@ def blocked_hlo_forced(forced=True):
             del os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"]
         else:
             os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = saved
+
+
+def loss_and_gradients(fn, x, ref, upstream, mode="eager"):
+    """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref.
+
+    With mode "function" or "jit" the gradients are taken inside the compiled function, as
+    Keras's train_step does. On CPU "jit" runs the custom call into the CPU engine; "jit-hlo"
+    compiles the HLO lowering that the other XLA backends get.
+    """
+
+    def loss_and_grads(x, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if ref is not None:
+                tape.watch(ref)
+            loss = fn(x, ref)
+            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
+        return loss, tape.gradient(total, [x] if ref is None else [x, ref])
+
+    if mode != "eager":
+        loss_and_grads = tf.function(loss_and_grads, jit_compile=mode.startswith("jit"))
+    x = tf.constant(x)
+    ref = None if ref is None else tf.constant(ref)
+    with blocked_hlo_forced(mode == "jit-hlo"):
+        loss, grads = loss_and_grads(x, ref)
+    grads = [
+        np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
+        for g, v in zip(grads, [x, ref], strict=False)
+    ]
+    return np.asarray(loss, np.float64), grads

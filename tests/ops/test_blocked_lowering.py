@@ -16,31 +16,13 @@ import tensorflow as tf
 from keras_margin.losses.circle import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
-from .helpers import make_embeddings, make_labels
+from .helpers import loss_and_gradients, make_embeddings, make_labels
 
 
 @pytest.fixture(autouse=True)
 def _blocked_hlo(monkeypatch):
     # XLA:CPU would otherwise compile the op as a custom call into the CPU engine.
     monkeypatch.setenv("KERAS_MARGIN_XLA_BLOCKED_HLO", "1")
-
-
-def _run(fn, x, ref, upstream, mode):
-    """loss and d(sum(loss * upstream))/d(x, ref) as float64 arrays; mode: eager or jit."""
-
-    def loss_and_grads(x, ref):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if ref is not None:
-                tape.watch(ref)
-            loss = fn(x, ref)
-            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
-        return loss, tape.gradient(total, [x] if ref is None else [x, ref])
-
-    if mode == "jit":
-        loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
-    loss, grads = loss_and_grads(tf.constant(x), None if ref is None else tf.constant(ref))
-    return np.asarray(loss, np.float64), [np.asarray(g, np.float64) for g in grads]
 
 
 def _paths(labels, ref_labels, offset, **kwargs):
@@ -107,10 +89,10 @@ def test_several_tiles_match_composite_and_kernel(
     upstream = rng.random(n)
     kwargs = dict(gamma=gamma, margin=margin, remove_diagonal=remove_diagonal)
     fused, composite = _paths(labels, ref_labels, 0, **kwargs)
-    got = _run(fused, x, ref, upstream, "jit")
+    got = loss_and_gradients(fused, x, ref, upstream, "jit")
     rtol, grad_atol = _tolerances(dtype, gamma)
-    _assert_close(got, _run(composite, x, ref, upstream, "eager"), rtol, grad_atol)
-    _assert_close(got, _run(fused, x, ref, upstream, "eager"), rtol, grad_atol)
+    _assert_close(got, loss_and_gradients(composite, x, ref, upstream, "eager"), rtol, grad_atol)
+    _assert_close(got, loss_and_gradients(fused, x, ref, upstream, "eager"), rtol, grad_atol)
 
 
 @pytest.mark.parametrize("offset", [0, 17, 1000, 1023, 1024, 4950, 4999, 5000, 10**12])
@@ -126,9 +108,9 @@ def test_diagonal_offset_across_tiles(rng, offset):
     fused, composite = _paths(
         labels, ref_labels, offset, gamma=80.0, margin=0.4, remove_diagonal=True
     )
-    got = _run(fused, x, ref, upstream, "jit")
-    _assert_close(got, _run(composite, x, ref, upstream, "eager"), 1e-10, 1e-10)
-    _assert_close(got, _run(fused, x, ref, upstream, "eager"), 1e-10, 1e-10)
+    got = loss_and_gradients(fused, x, ref, upstream, "jit")
+    _assert_close(got, loss_and_gradients(composite, x, ref, upstream, "eager"), 1e-10, 1e-10)
+    _assert_close(got, loss_and_gradients(fused, x, ref, upstream, "eager"), 1e-10, 1e-10)
 
 
 def test_rows_whose_sets_fill_late_or_never(rng):
@@ -144,8 +126,8 @@ def test_rows_whose_sets_fill_late_or_never(rng):
     ref_labels[25] = labels[25]  # row 25: its only positive is its diagonal pair
     upstream = rng.random(n)
     fused, composite = _paths(labels, ref_labels, 0, gamma=256.0, margin=0.25, remove_diagonal=True)
-    loss, grads = got = _run(fused, x, ref, upstream, "jit")
-    _assert_close(got, _run(composite, x, ref, upstream, "eager"), 1e-10, 1e-10)
+    loss, grads = got = loss_and_gradients(fused, x, ref, upstream, "jit")
+    _assert_close(got, loss_and_gradients(composite, x, ref, upstream, "eager"), 1e-10, 1e-10)
     assert np.all(loss[:20] > 0)
     empty = np.arange(20, 40)
     np.testing.assert_array_equal(loss[empty], 0.0)
@@ -163,16 +145,59 @@ def test_low_precision_several_tiles(rng, dtype, rtol, with_ref):
     ref = None if ref is None else tf.cast(ref, dtype)
     upstream = rng.random(n)
     fused, composite = _paths(labels, ref_labels, 0, gamma=80.0, margin=0.25, remove_diagonal=True)
-    loss, grads = _run(fused, x, ref, upstream, "jit")
+    loss, grads = loss_and_gradients(fused, x, ref, upstream, "jit")
     as32 = [None if v is None else tf.cast(v, tf.float32) for v in (x, ref)]
-    want_loss, want_grads = _run(composite, *as32, upstream, "eager")
+    want_loss, want_grads = loss_and_gradients(composite, *as32, upstream, "eager")
     np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=rtol)
     for g, wg in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(g, wg, rtol=rtol, atol=rtol * np.abs(wg).max())
-    kernel_loss, kernel_grads = _run(fused, x, ref, upstream, "eager")
+    kernel_loss, kernel_grads = loss_and_gradients(fused, x, ref, upstream, "eager")
     np.testing.assert_allclose(loss, kernel_loss, rtol=rtol, atol=rtol)
     for g, kg in zip(grads, kernel_grads, strict=True):
         np.testing.assert_allclose(g, kg, rtol=rtol, atol=rtol * np.abs(kg).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,m", [(300, None), (300, 1500), (40, 130)])
+def test_bounded_dynamic_rows(rng, dtype, n, m):
+    """Rows picked by tf.boolean_mask inside the compiled step have a bounded dynamic size.
+    XLA pads them to the bound; the lowering masks the padding, and the outputs keep the
+    run-time size. The dropped rows are NaN, so any read of them would show."""
+    x, labels, ref, ref_labels = _inputs(rng, n, m, 8, "mixed", dtype)
+    keep_x = rng.random(n) < 0.6
+    x[~keep_x] = np.nan
+    keep_ref = None
+    if ref is not None:
+        keep_ref = rng.random(m) < 0.5
+        ref[~keep_ref] = np.nan
+    upstream = rng.random(int(keep_x.sum()))
+    offset = 0 if ref is None else 3
+    kwargs = dict(gamma=80.0, margin=0.25, remove_diagonal=True, diagonal_offset=offset)
+
+    def step(x, ref):
+        with tf.GradientTape() as tape:
+            tape.watch([x] if ref is None else [x, ref])
+            xs, ls = tf.boolean_mask(x, keep_x), tf.boolean_mask(labels, keep_x)
+            rs = rl = None
+            if ref is not None:
+                rs, rl = tf.boolean_mask(ref, keep_ref), tf.boolean_mask(ref_labels, keep_ref)
+            loss = circle_loss(xs, ls, rs, rl, **kwargs)
+            total = tf.reduce_sum(loss * upstream)
+        grads = tape.gradient(total, [x] if ref is None else [x, ref])
+        return loss, [tf.convert_to_tensor(g) for g in grads]  # from IndexedSlices
+
+    args = (tf.constant(x), None if ref is None else tf.constant(ref))
+    loss, grads = tf.function(step, jit_compile=True)(*args)
+    hlo = tf.function(step, jit_compile=True).experimental_get_compiler_ir(*args)(stage="hlo")
+    assert "keras_margin_circle_loss" not in hlo and "while" in hlo
+    want_loss, want_grads = step(*args)  # the CPU kernel on the selected rows
+    assert loss.shape == want_loss.shape == (keep_x.sum(),)
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(loss, want_loss, rtol=tol, atol=tol * np.abs(want_loss).max())
+    for g, wg in zip(grads, want_grads, strict=True):
+        g, wg = np.asarray(g), np.asarray(wg)
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, wg, rtol=10 * tol, atol=10 * tol * np.abs(wg).max())
 
 
 def _compiled_hlo(n, m, d):
@@ -209,7 +234,7 @@ def test_jit_results_are_bitwise_reproducible(rng):
     x, labels, ref, ref_labels = _inputs(rng, 300, 2100, 16, "mixed", np.float32)
     upstream = rng.random(300)
     fused, _ = _paths(labels, ref_labels, 3, gamma=80.0, margin=0.25, remove_diagonal=True)
-    runs = [_run(fused, x, ref, upstream, "jit") for _ in range(3)]
+    runs = [loss_and_gradients(fused, x, ref, upstream, "jit") for _ in range(3)]
     for loss, grads in runs[1:]:
         np.testing.assert_array_equal(loss, runs[0][0])
         for g, g0 in zip(grads, runs[0][1], strict=True):

@@ -10,43 +10,19 @@ from keras_margin import ops as km_ops
 from keras_margin.losses.circle import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
-from .helpers import blocked_hlo_forced, make_embeddings, make_labels
+from .helpers import (
+    blocked_hlo_forced,
+    loss_and_gradients,
+    make_case,
+    make_embeddings,
+    make_labels,
+)
 
 
 def test_custom_op_is_available():
     # Must fail, not skip, when the library was not built: the op is part of the package.
     assert km_ops.custom_op_available(), km_ops.custom_op_unavailable_reason()
     assert km_ops.custom_op_unavailable_reason() is None
-
-
-def _value_and_grads(fn, x, ref, upstream, mode="eager"):
-    """fn(x, ref) -> per-row loss; returns loss, d(sum(loss*upstream))/dx and /dref.
-
-    With mode "function" or "jit" the gradients are taken inside the compiled function, as
-    Keras's train_step does. On CPU "jit" runs the custom call into the CPU engine; "jit-hlo"
-    compiles the HLO lowering that the other XLA backends get.
-    """
-
-    def loss_and_grads(x, ref):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if ref is not None:
-                tape.watch(ref)
-            loss = fn(x, ref)
-            total = tf.reduce_sum(loss * tf.cast(upstream, loss.dtype))
-        return loss, tape.gradient(total, [x] if ref is None else [x, ref])
-
-    if mode != "eager":
-        loss_and_grads = tf.function(loss_and_grads, jit_compile=mode.startswith("jit"))
-    x = tf.constant(x)
-    ref = None if ref is None else tf.constant(ref)
-    with blocked_hlo_forced(mode == "jit-hlo"):
-        loss, grads = loss_and_grads(x, ref)
-    grads = [
-        np.zeros(v.shape) if g is None else np.asarray(g, np.float64)
-        for g, v in zip(grads, [x, ref], strict=False)
-    ]
-    return np.asarray(loss, np.float64), grads
 
 
 # The op eagerly (its CPU kernel) and under XLA through both CPU lowerings.
@@ -141,19 +117,6 @@ SHAPES = [
 ]
 
 
-def _case(rng, n, m, d, layout, dtype=np.float32):
-    x = make_embeddings(rng, n, d, dtype)
-    labels = make_labels(rng, n, layout)
-    if m is None:
-        return x, labels, None, None
-    ref = make_embeddings(rng, m, d, dtype)
-    ref_labels = make_labels(rng, m, layout)
-    if layout != "singletons":
-        # Reference labels partly shared with the queries, partly unseen.
-        ref_labels = np.where(rng.random(m) < 0.8, ref_labels, 50 + ref_labels)
-    return x, labels, ref, ref_labels
-
-
 @pytest.mark.parametrize("n,m,d,layout", SHAPES)
 @pytest.mark.parametrize(
     "gamma,margin,remove_diagonal",
@@ -163,12 +126,12 @@ def test_matches_keras_float32_eager(
     rng, implementation, n, m, d, layout, gamma, margin, remove_diagonal
 ):
     margin = float(np.float32(margin))  # the op's attrs are float32
-    x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
+    x, labels, ref, ref_labels = make_case(rng, n, m, d, layout)
     upstream = rng.random(n)
-    want = _value_and_grads(
+    want = loss_and_gradients(
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
-    got = _value_and_grads(
+    got = loss_and_gradients(
         _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     _assert_close_f32(got, want, gamma)
@@ -182,12 +145,12 @@ def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, marg
     of the clamped weights and the distance clamp. gamma and margin reach the op exactly (0.4
     is no float32 number)."""
     remove_diagonal = bool(rng.integers(0, 2))
-    x, labels, ref, ref_labels = _case(rng, n, m, d, layout, np.float64)
+    x, labels, ref, ref_labels = make_case(rng, n, m, d, layout, np.float64)
     upstream = rng.random(n)
-    want = _value_and_grads(
+    want = loss_and_gradients(
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
-    got = _value_and_grads(
+    got = loss_and_gradients(
         _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
     _assert_close_f64(got, want)
@@ -207,12 +170,12 @@ def test_matches_keras_float64(rng, implementation, n, m, d, layout, gamma, marg
 def test_matches_keras_compiled(
     rng, implementation, mode, n, m, d, layout, gamma, margin, remove_diagonal
 ):
-    x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
+    x, labels, ref, ref_labels = make_case(rng, n, m, d, layout)
     upstream = rng.random(n)
-    want = _value_and_grads(
+    want = loss_and_gradients(
         _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal), x, ref, upstream
     )
-    got = _value_and_grads(
+    got = loss_and_gradients(
         _op_fn(implementation, labels, ref_labels, gamma, margin, remove_diagonal),
         x,
         ref,
@@ -227,7 +190,7 @@ def test_matches_keras_compiled(
 def test_diagonal_offset_matches_composite(rng, mode, offset):
     """Anchors that are rows offset, offset + 1, ... of a batch the 20 references are aligned
     with: with remove_diagonal, anchor i drops reference i + offset (none beyond 20)."""
-    x, labels, ref, ref_labels = _case(rng, 8, 20, 6, "random", np.float64)
+    x, labels, ref, ref_labels = make_case(rng, 8, 20, 6, "random", np.float64)
     upstream = rng.random(8)
     kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
 
@@ -237,8 +200,8 @@ def test_diagonal_offset_matches_composite(rng, mode, offset):
     def composite(x, ref):
         return pairwise_circle_loss(x, labels, ref, ref_labels, diagonal_offset=offset, **kwargs)
 
-    got = _value_and_grads(fused, x, ref, upstream, mode)
-    _assert_close_f64(got, _value_and_grads(composite, x, ref, upstream))
+    got = loss_and_gradients(fused, x, ref, upstream, mode)
+    _assert_close_f64(got, loss_and_gradients(composite, x, ref, upstream))
 
 
 @pytest.mark.parametrize("implementation", ["fused", "composite"])
@@ -310,11 +273,11 @@ def test_low_precision_inputs(rng, dtype, rtol, with_ref, mode):
     ref_labels = make_labels(rng, m, "random") if with_ref else None
     upstream = rng.random(n)
     kwargs = dict(gamma=80.0, margin=0.25, remove_diagonal=True)
-    loss, grads = _value_and_grads(
+    loss, grads = loss_and_gradients(
         lambda x, ref: circle_loss(x, labels, ref, ref_labels, **kwargs), x, ref, upstream, mode
     )
     as32 = None if ref is None else tf.cast(ref, tf.float32)
-    want_loss, want_grads = _value_and_grads(
+    want_loss, want_grads = loss_and_gradients(
         _keras_fn(labels, ref_labels, kwargs["gamma"], kwargs["margin"], True),
         tf.cast(x, tf.float32),
         as32,
@@ -398,7 +361,7 @@ def test_empty_reference_and_zero_dim(rng, mode):
 def test_degenerate_rows_have_zero_gradient_not_nan(rng, mode):
     x = make_embeddings(rng, 6, 4)
     for labels in ([0, 1, 2, 3, 4, 5], [3] * 6):
-        loss, (grad,) = _value_and_grads(
+        loss, (grad,) = loss_and_gradients(
             lambda x, _, labels=labels: circle_loss(
                 x, labels, gamma=1024.0, margin=0.4, remove_diagonal=True
             ),

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_margin.ops import circle_loss
 
-from .helpers import make_embeddings, make_labels
+from .helpers import make_case, make_embeddings, make_labels
 
 FORWARD, BACKWARD = "keras_margin_circle_loss", "keras_margin_circle_loss_grad"
 KWARGS = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
@@ -102,18 +102,10 @@ CASES = [
 ]
 
 
-def _case(rng, n, m, d, layout, dtype=np.float32):
-    x = make_embeddings(rng, n, d, dtype)
-    labels = make_labels(rng, n, layout)
-    if m is None:
-        return x, labels, None, None
-    return x, labels, make_embeddings(rng, m, d, dtype), make_labels(rng, m, layout)
-
-
 @pytest.mark.parametrize("n,m,d,layout", CASES)
 @pytest.mark.parametrize("remove_diagonal", [True, False])
 def test_matches_cpu_kernel_and_keras(rng, n, m, d, layout, remove_diagonal):
-    x, labels, ref, ref_labels = _case(rng, n, m, d, layout)
+    x, labels, ref, ref_labels = make_case(rng, n, m, d, layout)
     upstream = tf.constant(rng.random(n), tf.float32)
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
@@ -147,7 +139,7 @@ def test_matches_cpu_kernel_and_keras(rng, n, m, d, layout, remove_diagonal):
 
 @pytest.mark.parametrize("n,m,d,layout", CASES[::2])
 def test_float64_matches_keras_exactly(rng, n, m, d, layout):
-    x, labels, ref, ref_labels = _case(rng, n, m, d, layout, np.float64)
+    x, labels, ref, ref_labels = make_case(rng, n, m, d, layout, np.float64)
     x = tf.constant(x)
     ref = None if ref is None else tf.constant(ref)
     kwargs = dict(gamma=256.0, margin=0.25, remove_diagonal=True)

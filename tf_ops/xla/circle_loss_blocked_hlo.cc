@@ -41,7 +41,9 @@ struct Plan {
         width(CircleTileWidth(in.n, in.m, acc == xla::F64 ? 8 : 4,
                               in.tile_budget_bytes)),
         m_pad(RoundUp(in.m, width)),
-        tiles(m_pad / width) {}
+        tiles(m_pad / width),
+        dynamic_n(in.n_rows.valid()),
+        dynamic_m(in.m_rows.valid()) {}
 
   bool empty() const { return n == 0 || m == 0; }
 
@@ -49,7 +51,23 @@ struct Plan {
   int64_t n, m, dim;
   xla::PrimitiveType acc, label_type;
   int64_t width, m_pad, tiles;
+  bool dynamic_n, dynamic_m;  // see CircleXlaOperands::n_rows
 };
+
+// A bounded-dynamic output's run-time size, `rows` (s64), on dimension 0.
+XlaOp WithRows(XlaOp op, XlaOp rows) {
+  if (!rows.valid()) return op;
+  return xla::SetDimensionSize(op, xla::ConvertElementType(rows, xla::S32), 0);
+}
+
+// `matrix` [rows, cols] with the rows at or past `count` (s64) set to zero.
+XlaOp ZeroRowsFrom(XlaOp matrix, XlaOp count, int64_t rows, int64_t cols) {
+  XlaBuilder* b = matrix.builder();
+  const XlaOp keep = xla::Lt(
+      xla::Iota(b, xla::ShapeUtil::MakeShape(xla::S64, {rows, cols}), 0),
+      xla::Broadcast(count, {rows, cols}));
+  return xla::Select(keep, matrix, xla::ZerosLike(matrix));
+}
 
 XlaOp Scalar(XlaBuilder* b, const Plan& p, double v) {
   return xla::ConstantR0WithType(b, p.acc, v);
@@ -63,13 +81,15 @@ struct Invariants {
   XlaOp ref;         // [m_pad, dim] in acc, zero rows past m
   XlaOp ref_labels;  // [m_pad], zeros past m
   XlaOp offset;      // s64 scalar
+  XlaOp n_rows;      // s64 scalar: the rows of x in use (n unless dynamic)
+  XlaOp m_rows;      // s64 scalar: the rows of ref in use (m unless dynamic)
 
-  static constexpr int kCount = 5;
+  static constexpr int kCount = 7;
   std::vector<XlaOp> List() const {
-    return {x, labels, ref, ref_labels, offset};
+    return {x, labels, ref, ref_labels, offset, n_rows, m_rows};
   }
   static Invariants From(absl::Span<const XlaOp> v) {
-    return {v[0], v[1], v[2], v[3], v[4]};
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
   }
 };
 
@@ -79,10 +99,18 @@ struct Invariants {
 Invariants MakeInvariants(XlaBuilder* b, const Plan& p,
                           const CircleXlaOperands& in) {
   Invariants v;
+  v.n_rows = p.dynamic_n ? in.n_rows : xla::ConstantR0<int64_t>(b, p.n);
+  v.m_rows = p.dynamic_m ? in.m_rows : xla::ConstantR0<int64_t>(b, p.m);
+  // Rows past a dynamic size are unspecified and may be NaN: they are zeroed,
+  // since their zero weights would not cancel a NaN in the backward's dots.
   v.x = xla::ConvertElementType(in.x, p.acc);
+  if (p.dynamic_n) v.x = ZeroRowsFrom(v.x, v.n_rows, p.n, p.dim);
   v.labels = in.labels;
   XlaOp ref = p.attrs.self_reference ? v.x
                                      : xla::ConvertElementType(in.ref, p.acc);
+  if (p.dynamic_m && !p.attrs.self_reference) {
+    ref = ZeroRowsFrom(ref, v.m_rows, p.m, p.dim);
+  }
   XlaOp ref_labels = p.attrs.self_reference ? in.labels : in.ref_labels;
   if (p.m_pad != p.m) {
     ref = xla::PadInDim(ref, Scalar(b, p, 0.0), 0, 0, p.m_pad - p.m);
@@ -117,12 +145,18 @@ struct Tile {
                 xla::BroadcastInDim(ref_labels, {n, w}, {1}));
     pos = same;
     neg = xla::Not(same);
-    if (p.m_pad != p.m) {
+    if (p.m_pad != p.m || p.dynamic_m) {
       // The padding columns belong to neither set.
       const XlaOp real = xla::BroadcastInDim(
-          xla::Lt(xla::Add(xla::Iota(b, xla::S64, w), j0),
-                  xla::ConstantR0<int64_t>(b, p.m)),
-          {n, w}, {1});
+          xla::Lt(xla::Add(xla::Iota(b, xla::S64, w), j0), v.m_rows), {n, w},
+          {1});
+      pos = xla::And(pos, real);
+      neg = xla::And(neg, real);
+    }
+    if (p.dynamic_n) {
+      // Nor do the rows past a dynamic row count.
+      const XlaOp real = xla::BroadcastInDim(
+          xla::Lt(xla::Iota(b, xla::S64, n), v.n_rows), {n, w}, {0});
       pos = xla::And(pos, real);
       neg = xla::And(neg, real);
     }
@@ -318,7 +352,8 @@ CircleXlaForward EmitBlockedCircleForward(XlaBuilder* b,
   const XlaOp ninf = xla::Broadcast(Scalar(b, p, -kInf), {p.n});
   if (p.empty()) {
     // No pair at all: both sets empty, loss 0.
-    return {xla::Broadcast(xla::Zero(b, in.type), {p.n}), ninf, ninf};
+    return {WithRows(xla::Broadcast(xla::Zero(b, in.type), {p.n}), in.n_rows),
+            WithRows(ninf, in.n_rows), WithRows(ninf, in.n_rows)};
   }
   const XlaOp zeros = xla::Broadcast(Scalar(b, p, 0.0), {p.n});
   const std::vector<XlaOp> state = ForEachTile(
@@ -337,7 +372,8 @@ CircleXlaForward EmitBlockedCircleForward(XlaBuilder* b,
   // Stable softplus; z = -inf (an empty set) gives exactly 0.
   const XlaOp loss = xla::Add(xla::Max(z, Scalar(b, p, 0.0)),
                               xla::Log1p(xla::Exp(xla::Neg(xla::Abs(z)))));
-  return {xla::ConvertElementType(loss, in.type), lse_pos, lse_neg};
+  return {WithRows(xla::ConvertElementType(loss, in.type), in.n_rows),
+          WithRows(lse_pos, in.n_rows), WithRows(lse_neg, in.n_rows)};
 }
 
 CircleXlaBackward EmitBlockedCircleBackward(XlaBuilder* b,
@@ -347,9 +383,10 @@ CircleXlaBackward EmitBlockedCircleBackward(XlaBuilder* b,
                                             XlaOp lse_neg) {
   const Plan p(attrs, in);
   const XlaOp grad_ref_zeros =
-      xla::Broadcast(xla::Zero(b, in.type), {p.m, p.dim});
+      WithRows(xla::Broadcast(xla::Zero(b, in.type), {p.m, p.dim}), in.m_rows);
   if (p.empty()) {
-    return {xla::Broadcast(xla::Zero(b, in.type), {p.n, p.dim}),
+    return {WithRows(xla::Broadcast(xla::Zero(b, in.type), {p.n, p.dim}),
+                     in.n_rows),
             grad_ref_zeros};
   }
   const XlaOp scale =
@@ -372,11 +409,13 @@ CircleXlaBackward EmitBlockedCircleBackward(XlaBuilder* b,
   XlaOp grad_ref = xla::SliceInDim(state[4], 0, p.m, 1, 0);
   if (attrs.self_reference) {
     // x is also the reference set: both roles' gradients belong to it.
-    return {xla::ConvertElementType(xla::Add(grad_x, grad_ref), in.type),
+    return {WithRows(xla::ConvertElementType(xla::Add(grad_x, grad_ref),
+                                             in.type),
+                     in.n_rows),
             grad_ref_zeros};
   }
-  return {xla::ConvertElementType(grad_x, in.type),
-          xla::ConvertElementType(grad_ref, in.type)};
+  return {WithRows(xla::ConvertElementType(grad_x, in.type), in.n_rows),
+          WithRows(xla::ConvertElementType(grad_ref, in.type), in.m_rows)};
 }
 
 }  // namespace keras_margin

@@ -51,6 +51,13 @@ struct CircleXlaOperands {
   xla::PrimitiveType type = xla::F32;        // T
   xla::PrimitiveType label_type = xla::S32;  // Tlabel
   int64_t tile_budget_bytes = kAcceleratorTileBudgetBytes;
+  // The run-time row counts (s64 scalars) of x and ref when their first
+  // dimension is bounded-dynamic (rows picked by tf.boolean_mask, say). The
+  // operands are then static, padded to the bounds n and m with unspecified
+  // rows past the counts; the emitters mask those rows out and give the
+  // outputs the counts back as their dynamic sizes. Unset for static inputs.
+  xla::XlaOp n_rows;
+  xla::XlaOp m_rows;
 };
 
 struct CircleXlaForward {

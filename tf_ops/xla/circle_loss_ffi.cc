@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tf_ops/kernels/circle_loss_engine.h"
@@ -160,28 +161,6 @@ Plan MakePlan(const Attrs& a, int64_t n, int64_t m, int64_t offset) {
           drops ? offset : 0};
 }
 
-template <typename Acc>
-CircleProblem<Acc> MakeProblem(const Attrs& a, const Plan& plan,
-                               const Acc* x, const Acc* ref,
-                               const int32_t* labels,
-                               const int32_t* ref_labels, int64_t n,
-                               int64_t m, int64_t dim) {
-  CircleProblem<Acc> p;
-  p.x = x;
-  p.labels = labels;
-  p.ref = ref;
-  p.ref_labels = ref_labels;
-  p.n = n;
-  p.m = m;
-  p.dim = dim;
-  p.self_reference = plan.symmetric;
-  p.gamma = a.gamma;
-  p.margin = a.margin;
-  p.remove_diagonal = plan.remove_diagonal;
-  p.diagonal_offset = plan.offset;
-  return p;
-}
-
 // Operands shared by both calls, as emitted by circle_loss_custom_call.cc.
 struct Inputs {
   ffi::AnyBuffer x, labels, ref, ref_labels;
@@ -235,17 +214,51 @@ ffi::Error Dispatch(const Inputs& in, Fn&& fn) {
              : fn(Tag<float>(), Tag<int32_t>());
 }
 
-// The engine may allocate; nothing may unwind through the C FFI boundary.
+// Runs body(n, m, acc) on inputs that passed CheckInputs, for n rows of x, m
+// of ref and the accumulation type acc. The engine may allocate; nothing may
+// unwind through the C FFI boundary.
 template <typename Body>
-ffi::Error Guarded(Body&& body) {
+ffi::Error CheckedCall(const Inputs& in, Body&& body) {
   try {
-    return body();
+    const ffi::DataType acc = in.x.element_type();
+    if (ffi::Error e = CheckInputs(in, acc); e.failure()) return e;
+    return body(in.x.dimensions()[0], in.ref.dimensions()[0], acc);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("Circle custom call: ") + e.what());
   } catch (...) {
     return ffi::Error::Internal("Circle custom call: unknown exception");
   }
 }
+
+// One call's problem for the engine, and the dense label ids it points to
+// (int64 labels are compacted; int32 ones are used in place). With
+// self_reference, ref is x, passed twice, and ref_labels is labels.
+template <typename Acc, typename Tlabel>
+struct EngineProblem {
+  EngineProblem(const Inputs& in, const Attrs& a)
+      : plan(MakePlan(a, in.x.dimensions()[0], in.ref.dimensions()[0],
+                      in.offset)),
+        ids(in.labels.typed_data<Tlabel>(), in.x.dimensions()[0],
+            in.ref_labels.typed_data<Tlabel>(), in.ref.dimensions()[0],
+            plan.symmetric) {
+    problem.x = in.x.typed_data<Acc>();
+    problem.labels = ids.query;
+    problem.ref = in.ref.typed_data<Acc>();
+    problem.ref_labels = ids.ref;
+    problem.n = in.x.dimensions()[0];
+    problem.m = in.ref.dimensions()[0];
+    problem.dim = in.x.dimensions()[1];
+    problem.self_reference = plan.symmetric;
+    problem.gamma = a.gamma;
+    problem.margin = a.margin;
+    problem.remove_diagonal = plan.remove_diagonal;
+    problem.diagonal_offset = plan.offset;
+  }
+
+  const Plan plan;
+  const CompactLabels<Tlabel> ids;
+  CircleProblem<Acc> problem;
+};
 
 // ---------------------------------------------------------------------------
 // Handlers.
@@ -261,12 +274,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                        bool self_reference) {
   const Inputs in{x, labels, ref, ref_labels, *offset.typed_data()};
   const Attrs a{gamma, margin, remove_diagonal, self_reference};
-  return Guarded([&]() -> ffi::Error {
-    const ffi::DataType acc = x.element_type();
-    if (ffi::Error e = CheckInputs(in, acc); e.failure()) return e;
-    const int64_t n = x.dimensions()[0];
-    const int64_t dim = x.dimensions()[1];
-    const int64_t m = ref.dimensions()[0];
+  return CheckedCall(in, [&](int64_t n, int64_t m,
+                             ffi::DataType acc) -> ffi::Error {
     if (!IsRows(*loss, acc, n, -1) || !IsRows(*lse_pos, acc, n, -1) ||
         !IsRows(*lse_neg, acc, n, -1) || (self_reference && m != n)) {
       return ffi::Error::InvalidArgument("Circle custom call: result shapes");
@@ -275,17 +284,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     return Dispatch(in, [&](auto acc_tag, auto label_tag) {
       using Acc = typename decltype(acc_tag)::type;
       using Tlabel = typename decltype(label_tag)::type;
-      const Plan plan = MakePlan(a, n, m, in.offset);
-      // With self_reference ref is x, passed twice; labels likewise.
-      const CompactLabels<Tlabel> ids(labels.typed_data<Tlabel>(), n,
-                                      ref_labels.typed_data<Tlabel>(), m,
-                                      plan.symmetric);
-      const CircleProblem<Acc> p = MakeProblem<Acc>(
-          a, plan, x.typed_data<Acc>(), ref.typed_data<Acc>(), ids.query,
-          ids.ref, n, m, dim);
+      const EngineProblem<Acc, Tlabel> call(in, a);
       ffi::ThreadPool* pool_ptr = &pool;
-      CircleForward<Acc>(p, PoolRunner(pool_ptr), loss->typed_data<Acc>(),
-                         lse_pos->typed_data<Acc>(),
+      CircleForward<Acc>(call.problem, PoolRunner(pool_ptr),
+                         loss->typed_data<Acc>(), lse_pos->typed_data<Acc>(),
                          lse_neg->typed_data<Acc>());
       return ffi::Error::Success();
     });
@@ -306,12 +308,9 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                         bool self_reference) {
   const Inputs in{x, labels, ref, ref_labels, *offset.typed_data()};
   const Attrs a{gamma, margin, remove_diagonal, self_reference};
-  return Guarded([&]() -> ffi::Error {
-    const ffi::DataType acc = x.element_type();
-    if (ffi::Error e = CheckInputs(in, acc); e.failure()) return e;
-    const int64_t n = x.dimensions()[0];
+  return CheckedCall(in, [&](int64_t n, int64_t m,
+                             ffi::DataType acc) -> ffi::Error {
     const int64_t dim = x.dimensions()[1];
-    const int64_t m = ref.dimensions()[0];
     if (!IsRows(grad_loss, acc, n, -1) || !IsRows(lse_pos, acc, n, -1) ||
         !IsRows(lse_neg, acc, n, -1) || !IsRows(*grad_x, acc, n, dim) ||
         !IsRows(*grad_ref, acc, self_reference ? 0 : m, dim) ||
@@ -327,19 +326,14 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
         std::fill(gr, gr + (self_reference ? 0 : m) * dim, Acc(0));
         return ffi::Error::Success();
       }
-      const Plan plan = MakePlan(a, n, m, in.offset);
-      const CompactLabels<Tlabel> ids(labels.typed_data<Tlabel>(), n,
-                                      ref_labels.typed_data<Tlabel>(), m,
-                                      plan.symmetric);
-      const CircleProblem<Acc> p = MakeProblem<Acc>(
-          a, plan, x.typed_data<Acc>(), ref.typed_data<Acc>(), ids.query,
-          ids.ref, n, m, dim);
+      const EngineProblem<Acc, Tlabel> call(in, a);
+      const CircleProblem<Acc>& p = call.problem;
       ffi::ThreadPool* pool_ptr = &pool;
       const TaskRunner runner = PoolRunner(pool_ptr);
       const Acc* upstream = grad_loss.typed_data<Acc>();
       const Acc* lp = lse_pos.typed_data<Acc>();
       const Acc* ln = lse_neg.typed_data<Acc>();
-      if (plan.symmetric) {
+      if (call.plan.symmetric) {
         CircleBackward<Acc>(p, runner, upstream, lp, ln, gx, nullptr);
       } else if (self_reference) {
         // x is both query and reference: its gradient is the sum of both.
@@ -354,39 +348,43 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   });
 }
 
-XLA_FFI_DEFINE_HANDLER(kCircleForward, ForwardImpl,
-                       ffi::Ffi::Bind()
-                           .Ctx<ffi::ThreadPool>()
-                           .Arg<ffi::AnyBuffer>()  // x
-                           .Arg<ffi::AnyBuffer>()  // labels
-                           .Arg<ffi::AnyBuffer>()  // ref
-                           .Arg<ffi::AnyBuffer>()  // ref_labels
-                           .Arg<ffi::BufferR0<ffi::DataType::S64>>()
-                           .Ret<ffi::AnyBuffer>()  // loss
-                           .Ret<ffi::AnyBuffer>()  // lse_pos
-                           .Ret<ffi::AnyBuffer>()  // lse_neg
-                           .Attr<double>("gamma")
-                           .Attr<double>("margin")
-                           .Attr<bool>("remove_diagonal")
-                           .Attr<bool>("self_reference"));
+// Both handlers take the op's five operands first and its four attributes
+// last; these keep the two bindings in step with each other and with the
+// custom call that circle_loss_custom_call.cc emits.
+template <typename Binding>
+auto WithOperands(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::AnyBuffer>()                      // x
+      .template Arg<ffi::AnyBuffer>()                      // labels
+      .template Arg<ffi::AnyBuffer>()                      // ref
+      .template Arg<ffi::AnyBuffer>()                      // ref_labels
+      .template Arg<ffi::BufferR0<ffi::DataType::S64>>();  // diagonal_offset
+}
 
-XLA_FFI_DEFINE_HANDLER(kCircleBackward, BackwardImpl,
-                       ffi::Ffi::Bind()
-                           .Ctx<ffi::ThreadPool>()
-                           .Arg<ffi::AnyBuffer>()  // x
-                           .Arg<ffi::AnyBuffer>()  // labels
-                           .Arg<ffi::AnyBuffer>()  // ref
-                           .Arg<ffi::AnyBuffer>()  // ref_labels
-                           .Arg<ffi::BufferR0<ffi::DataType::S64>>()
-                           .Arg<ffi::AnyBuffer>()  // grad_loss
-                           .Arg<ffi::AnyBuffer>()  // lse_pos
-                           .Arg<ffi::AnyBuffer>()  // lse_neg
-                           .Ret<ffi::AnyBuffer>()  // grad_x
-                           .Ret<ffi::AnyBuffer>()  // grad_ref
-                           .Attr<double>("gamma")
-                           .Attr<double>("margin")
-                           .Attr<bool>("remove_diagonal")
-                           .Attr<bool>("self_reference"));
+template <typename Binding>
+auto WithAttrs(Binding binding) {
+  return std::move(binding)
+      .template Attr<double>("gamma")
+      .template Attr<double>("margin")
+      .template Attr<bool>("remove_diagonal")
+      .template Attr<bool>("self_reference");
+}
+
+XLA_FFI_DEFINE_HANDLER(
+    kCircleForward, ForwardImpl,
+    WithAttrs(WithOperands(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>())
+                  .Ret<ffi::AnyBuffer>()     // loss
+                  .Ret<ffi::AnyBuffer>()     // lse_pos
+                  .Ret<ffi::AnyBuffer>()));  // lse_neg
+
+XLA_FFI_DEFINE_HANDLER(
+    kCircleBackward, BackwardImpl,
+    WithAttrs(WithOperands(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>())
+                  .Arg<ffi::AnyBuffer>()     // grad_loss
+                  .Arg<ffi::AnyBuffer>()     // lse_pos
+                  .Arg<ffi::AnyBuffer>()     // lse_neg
+                  .Ret<ffi::AnyBuffer>()     // grad_x
+                  .Ret<ffi::AnyBuffer>()));  // grad_ref
 
 // Registration happens once, at load; a failure (say, an FFI API the runtime
 // does not accept) is kept so that the lowering falls back to HLO rather

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/core/framework/kernel_def.pb.h"
@@ -17,6 +18,9 @@
 #include "tf_ops/kernels/circle_loss_validation.h"
 #include "tf_ops/xla/circle_loss_blocked_hlo.h"
 #include "tf_ops/xla/circle_loss_custom_call.h"
+#include "xla/hlo/builder/xla_builder.h"
+#include "xla/shape.h"
+#include "xla/tsl/platform/statusor.h"
 
 namespace keras_margin {
 namespace {
@@ -30,14 +34,39 @@ bool OnCpu(OpKernelConstruction* ctx) {
          tensorflow::DeviceType(tensorflow::DEVICE_CPU_XLA_JIT);
 }
 
+// Input `index` with a static shape. A bounded-dynamic first dimension is
+// padded to its bound by XLA; its run-time size goes to *rows (s64) when rows
+// is given. Only rows may vary: a dynamic column count has no padding the
+// emitters could mask.
+absl::Status StaticInput(XlaOpKernelContext* ctx, int index, xla::XlaOp* op,
+                         xla::XlaOp* rows = nullptr) {
+  *op = ctx->Input(index);
+  TF_ASSIGN_OR_RETURN(const xla::Shape shape, ctx->InputXlaShape(index));
+  for (int k = 1; k < shape.dimensions().size(); ++k) {
+    if (shape.is_dynamic_dimension(k)) {
+      return absl::InvalidArgumentError(
+          "Circle under XLA: the embeddings' dimension D must be static, got "
+          "the shape " + shape.ToString());
+    }
+  }
+  if (!shape.dimensions().empty() && shape.is_dynamic_dimension(0)) {
+    if (rows != nullptr) {
+      *rows = xla::ConvertElementType(xla::GetDimensionSize(*op, 0), xla::S64);
+    }
+    *op = xla::RemoveDynamicDimension(*op, 0);
+  }
+  return absl::OkStatus();
+}
+
 // The operands at inputs first .. first + 4: embeddings, labels,
 // ref_embeddings, ref_labels, diagonal_offset.
-CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first, bool on_cpu) {
-  CircleXlaOperands in;
-  in.x = ctx->Input(first);
-  in.labels = ctx->Input(first + 1);
-  in.ref = ctx->Input(first + 2);
-  in.ref_labels = ctx->Input(first + 3);
+absl::Status Operands(XlaOpKernelContext* ctx, int first, bool on_cpu,
+                      CircleXlaOperands* out) {
+  CircleXlaOperands& in = *out;
+  TF_RETURN_IF_ERROR(StaticInput(ctx, first, &in.x, &in.n_rows));
+  TF_RETURN_IF_ERROR(StaticInput(ctx, first + 1, &in.labels));
+  TF_RETURN_IF_ERROR(StaticInput(ctx, first + 2, &in.ref, &in.m_rows));
+  TF_RETURN_IF_ERROR(StaticInput(ctx, first + 3, &in.ref_labels));
   in.diagonal_offset = ctx->Input(first + 4);
   in.n = ctx->InputShape(first).dim_size(0);
   in.m = ctx->InputShape(first + 2).dim_size(0);
@@ -46,7 +75,7 @@ CircleXlaOperands Operands(XlaOpKernelContext* ctx, int first, bool on_cpu) {
   in.label_type = ctx->input_xla_type(first + 1);
   in.tile_budget_bytes =
       on_cpu ? kCpuTileBudgetBytes : kAcceleratorTileBudgetBytes;
-  return in;
+  return absl::OkStatus();
 }
 
 class CircleLossXlaOp : public XlaOpKernel {
@@ -66,8 +95,10 @@ class CircleLossXlaOp : public XlaOpKernel {
       EmitCpuCircleLoss(ctx, attrs_);
       return;
     }
-    const CircleXlaForward out = EmitBlockedCircleForward(
-        ctx->builder(), attrs_, Operands(ctx, 0, on_cpu_));
+    CircleXlaOperands in;
+    OP_REQUIRES_OK(ctx, Operands(ctx, 0, on_cpu_, &in));
+    const CircleXlaForward out =
+        EmitBlockedCircleForward(ctx->builder(), attrs_, in);
     ctx->SetOutput(0, out.loss);
     ctx->SetOutput(1, out.lse_pos);
     ctx->SetOutput(2, out.lse_neg);
@@ -98,9 +129,14 @@ class CircleLossGradXlaOp : public XlaOpKernel {
       EmitCpuCircleLossGrad(ctx, attrs_);
       return;
     }
+    CircleXlaOperands in;
+    OP_REQUIRES_OK(ctx, Operands(ctx, 1, on_cpu_, &in));
+    xla::XlaOp grad_loss, lse_pos, lse_neg;
+    OP_REQUIRES_OK(ctx, StaticInput(ctx, 0, &grad_loss));
+    OP_REQUIRES_OK(ctx, StaticInput(ctx, 6, &lse_pos));
+    OP_REQUIRES_OK(ctx, StaticInput(ctx, 7, &lse_neg));
     const CircleXlaBackward out = EmitBlockedCircleBackward(
-        ctx->builder(), attrs_, Operands(ctx, 1, on_cpu_), ctx->Input(0),
-        ctx->Input(6), ctx->Input(7));
+        ctx->builder(), attrs_, in, grad_loss, lse_pos, lse_neg);
     ctx->SetOutput(0, out.grad_x);
     ctx->SetOutput(1, out.grad_ref);
   }
