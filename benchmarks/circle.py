@@ -165,13 +165,13 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
 
-def _row(mode: str, n: int, d: int, r: dict) -> str:
+def _row(mode: str, n: int, d: int, r: dict, day: str) -> str:
     impl, style = mode.split(":")
     if "skipped" in r:
-        return f"| {n} | {d} | {impl} | {style} | {r['skipped']} | | |"
+        return f"| {n} | {d} | {impl} | {style} | {r['skipped']} | | | {day} |"
     return (
         f"| {n} | {d} | {impl} | {style} | {r['median_s']:.3f} ({r['min_s']:.3f}) "
-        f"| {_gib(r['peak_bytes'])} | {_gib(r['baseline_bytes'])} |"
+        f"| {_gib(r['peak_bytes'])} | {_gib(r['baseline_bytes'])} | {day} |"
     )
 
 
@@ -197,7 +197,8 @@ def _previous_rows() -> dict[tuple[int, int, int], str]:
     for line in (match.group(1) if match else "").splitlines():
         key = _row_key(line) if line.startswith("| ") else None
         if key is not None:
-            rows[key] = line
+            # Rows written before the table had a run column.
+            rows[key] = line if line.count("|") == 9 else line + " earlier |"
     return rows
 
 
@@ -216,7 +217,9 @@ def render(rows: list[str], argv: list[str]) -> str:
         "no reference set, unit-norm float32 embeddings, about 8 rows per class), "
         f"{cpu}, {os.cpu_count()} CPUs, {_mem_total_bytes() / 2**30:.0f} GiB RAM, "
         f"TensorFlow {tf.__version__}. Last run ({datetime.date.today().isoformat()}): "
-        f"`python benchmarks/circle.py {' '.join(argv)}`; rows of earlier runs are kept.",
+        f"`python benchmarks/circle.py {' '.join(argv)}`; rows of earlier runs are kept. The "
+        "machine's speed varies from day to day, so compare only rows of one run (the `run` "
+        "column).",
         "",
         "- time: median over the repeats after one warm-up call (which includes tracing and "
         "XLA compilation); min in parentheses.",
@@ -229,8 +232,9 @@ def render(rows: list[str], argv: list[str]) -> str:
         "dS^T @ x only.",
         f"- OOM rows were not run: their estimated peak exceeds {MEMORY_FRACTION:.0%} of the RAM.",
         "",
-        "| N | D | implementation | mode | fwd+bwd time (s) | peak RSS (GiB) | baseline (GiB) |",
-        "|---:|---:|---|---|---:|---:|---:|",
+        "| N | D | implementation | mode | fwd+bwd time (s) | peak RSS (GiB) | baseline (GiB) "
+        "| run |",
+        "|---:|---:|---|---|---:|---:|---:|---|",
         *rows,
     ]
     return "\n".join(lines) + "\n"
@@ -269,8 +273,9 @@ def main(argv: list[str]) -> None:
     from results import RESULTS, write_section
 
     rows = {} if args.no_write else _previous_rows()
+    day = datetime.date.today().isoformat()
     for mode, n, d, r in results:
-        rows[(d, n, ALL_MODES.index(mode))] = _row(mode, n, d, r)
+        rows[(d, n, ALL_MODES.index(mode))] = _row(mode, n, d, r, day)
     text = render([rows[k] for k in sorted(rows)], argv)
     if args.no_write:
         print(text)
