@@ -159,6 +159,9 @@ def _double_attr(value: float) -> str:
     return repr(float(value))
 
 
+ATTRS = ("gamma", "margin", "remove_diagonal", "self_reference")
+
+
 def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
     # The log-sum-exp outputs are saved state for this gradient, not differentiable outputs.
     attrs = {name: op.get_attr(name) for name in ATTRS}
@@ -166,9 +169,6 @@ def _circle_loss_grad(op, grad_loss, _grad_lse_pos, _grad_lse_neg):
         _loader.load_library(), grad_loss, op.inputs, op.outputs[1], op.outputs[2], attrs
     )
     return [grad_x, None, grad_ref, None, None]
-
-
-ATTRS = ("gamma", "margin", "remove_diagonal", "self_reference")
 
 
 _gradient_registered = False

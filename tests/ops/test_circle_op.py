@@ -29,13 +29,18 @@ def test_custom_op_is_available():
 EXECUTIONS = ["eager", "jit", "jit-hlo"]
 
 
-def _in_mode(mode, fn, *args):
-    """fn(*args) eagerly, or compiled by XLA: "jit" (the custom call into the CPU engine) or
-    "jit-hlo" (the blocked HLO lowering)."""
+def _in_mode(mode, fn):
+    """fn as it runs in `mode`: eagerly, or compiled by XLA, "jit" (the custom call into the
+    CPU engine) or "jit-hlo" (the blocked HLO lowering)."""
     if mode == "eager":
-        return fn(*args)
-    with blocked_hlo_forced(mode == "jit-hlo"):
-        return tf.function(fn, jit_compile=True)(*args)
+        return fn
+    compiled = tf.function(fn, jit_compile=True)
+
+    def call(*args):
+        with blocked_hlo_forced(mode == "jit-hlo"):
+            return compiled(*args)
+
+    return call
 
 
 def _keras_fn(labels, ref_labels, gamma, margin, remove_diagonal):
@@ -252,10 +257,7 @@ def test_compute_gradient_float64(rng, mode, self_reference):
         def fn(x, ref):
             return circle_loss(x, labels, ref, ref_labels, **kwargs)
 
-    if mode != "eager":
-        fn = tf.function(fn, jit_compile=True)
-    with blocked_hlo_forced(mode == "jit-hlo"):
-        theoretical, numerical = tf.test.compute_gradient(fn, args, delta=1e-6)
+    theoretical, numerical = tf.test.compute_gradient(_in_mode(mode, fn), args, delta=1e-6)
     for t, nm in zip(theoretical, numerical, strict=True):
         np.testing.assert_allclose(t, nm, rtol=1e-5, atol=1e-5 * np.abs(nm).max())
 
@@ -298,14 +300,13 @@ def test_label_dtypes_and_shapes(rng, mode, label_dtype):
     # Large int64 values must stay distinct (no float round trip).
     big = labels.astype(np.int64) * (2**40) if label_dtype == np.int64 else labels
     got = _in_mode(
-        mode, lambda x: circle_loss(x, big.astype(label_dtype).reshape(-1, 1), **kwargs), x
-    )
+        mode, lambda x: circle_loss(x, big.astype(label_dtype).reshape(-1, 1), **kwargs)
+    )(x)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     mixed = _in_mode(
         mode,
         lambda x: circle_loss(x, labels.astype(np.int32), x, labels.astype(np.int64), **kwargs),
-        x,
-    )
+    )(x)
     np.testing.assert_allclose(mixed, want, rtol=1e-5, atol=1e-4)
 
 
@@ -315,8 +316,8 @@ def test_int64_labels_beyond_float_precision(rng, mode):
     # Distinct int64 labels that collide once cast to float32.
     labels = np.array([2**40, 2**40 + 1, 2**40, 2**40 + 1], np.int64)
     loss = _in_mode(
-        mode, lambda x: circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True), x
-    )
+        mode, lambda x: circle_loss(x, labels, gamma=80.0, margin=0.4, remove_diagonal=True)
+    )(x)
     want = keras.losses.circle(np.array([0, 1, 0, 1]), x, gamma=80.0, margin=0.4)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
 
@@ -336,7 +337,7 @@ def test_empty_batch(mode, with_ref):
             )
         return loss, tape.gradient(loss, x)
 
-    loss, grad = _in_mode(mode, loss_and_grad, tf.zeros([0, 8]))
+    loss, grad = _in_mode(mode, loss_and_grad)(tf.zeros([0, 8]))
     assert loss.shape == (0,)
     assert grad.shape == (0, 8)
 
@@ -347,14 +348,14 @@ def test_empty_reference_and_zero_dim(rng, mode):
     labels = tf.constant([0, 1, 0, 1, 2, 2])
     kwargs = dict(gamma=80.0, margin=0.4, remove_diagonal=True)
     no_refs = tf.zeros([0, 3]), tf.zeros([0], tf.int32)
-    loss = _in_mode(mode, lambda x: circle_loss(x, labels, *no_refs, **kwargs), x)
+    loss = _in_mode(mode, lambda x: circle_loss(x, labels, *no_refs, **kwargs))(x)
     np.testing.assert_array_equal(loss, np.zeros(6))
     # Embeddings with no column are a caller's bug, refused rather than scored (Keras scores
     # them as if every similarity were 0). Traced with the static shape, the shape function
     # refuses it (ValueError); test_op_validation.py has the compile-time checks.
     error = tf.errors.InvalidArgumentError if mode == "eager" else ValueError
     with pytest.raises(error, match=r"at least one column \(D >= 1\)"):
-        _in_mode(mode, lambda x: circle_loss(x, labels, **kwargs), tf.zeros([6, 0]))
+        _in_mode(mode, lambda x: circle_loss(x, labels, **kwargs))(tf.zeros([6, 0]))
 
 
 @pytest.mark.parametrize("mode", EXECUTIONS)

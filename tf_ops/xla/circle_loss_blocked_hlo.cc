@@ -145,18 +145,20 @@ struct Tile {
                 xla::BroadcastInDim(ref_labels, {n, w}, {1}));
     pos = same;
     neg = xla::Not(same);
+    // Padding columns, and rows past a dynamic row count, belong to neither
+    // set.
+    XlaOp real;
     if (p.m_pad != p.m || p.dynamic_m) {
-      // The padding columns belong to neither set.
-      const XlaOp real = xla::BroadcastInDim(
+      real = xla::BroadcastInDim(
           xla::Lt(xla::Add(xla::Iota(b, xla::S64, w), j0), v.m_rows), {n, w},
           {1});
-      pos = xla::And(pos, real);
-      neg = xla::And(neg, real);
     }
     if (p.dynamic_n) {
-      // Nor do the rows past a dynamic row count.
-      const XlaOp real = xla::BroadcastInDim(
+      const XlaOp rows = xla::BroadcastInDim(
           xla::Lt(xla::Iota(b, xla::S64, n), v.n_rows), {n, w}, {0});
+      real = real.valid() ? xla::And(real, rows) : rows;
+    }
+    if (real.valid()) {
       pos = xla::And(pos, real);
       neg = xla::And(neg, real);
     }

@@ -100,13 +100,15 @@ xla::XlaOp Call(XlaOpKernelContext* ctx, const char* target,
 
 }  // namespace
 
-bool UseCpuCustomCall(XlaOpKernelContext* ctx) {
+bool CompilingForXlaCpu(XlaOpKernelContext* ctx) {
   const tensorflow::XlaCompiler* compiler = ctx->compiler();
-  if (compiler == nullptr || compiler->options().device_type !=
-                                 tensorflow::DeviceType(
-                                     tensorflow::DEVICE_CPU_XLA_JIT)) {
-    return false;
-  }
+  return compiler != nullptr &&
+         compiler->options().device_type ==
+             tensorflow::DeviceType(tensorflow::DEVICE_CPU_XLA_JIT);
+}
+
+bool UseCpuCustomCall(XlaOpKernelContext* ctx) {
+  if (!CompilingForXlaCpu(ctx)) return false;
   // XLA's dynamic padder cannot give a custom call bounded dynamic
   // dimensions (say, rows picked by tf.boolean_mask); the HLO lowering
   // handles them.

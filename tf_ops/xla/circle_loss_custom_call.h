@@ -21,6 +21,9 @@ inline constexpr char kCircleBackwardTarget[] = "keras_margin_circle_loss_grad";
 // registered (circle_loss_ffi.cc).
 const char* CircleFfiRegistrationError();
 
+// True when `ctx` is compiling for XLA_CPU_JIT.
+bool CompilingForXlaCpu(tensorflow::XlaOpKernelContext* ctx);
+
 // True when compiling for XLA_CPU_JIT with static input shapes, the FFI
 // handlers registered at load time, and KERAS_MARGIN_XLA_BLOCKED_HLO (read at
 // each compilation; tests set it to "1" to force the HLO lowering on CPU) is

@@ -29,11 +29,6 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::XlaOpKernel;
 using ::tensorflow::XlaOpKernelContext;
 
-bool OnCpu(OpKernelConstruction* ctx) {
-  return ctx->device_type() ==
-         tensorflow::DeviceType(tensorflow::DEVICE_CPU_XLA_JIT);
-}
-
 // Input `index` with a static shape. A bounded-dynamic first dimension is
 // padded to its bound by XLA; its run-time size goes to *rows (s64) when rows
 // is given. Only rows may vary: a dynamic column count has no padding the
@@ -60,7 +55,7 @@ absl::Status StaticInput(XlaOpKernelContext* ctx, int index, xla::XlaOp* op,
 
 // The operands at inputs first .. first + 4: embeddings, labels,
 // ref_embeddings, ref_labels, diagonal_offset.
-absl::Status Operands(XlaOpKernelContext* ctx, int first, bool on_cpu,
+absl::Status Operands(XlaOpKernelContext* ctx, int first,
                       CircleXlaOperands* out) {
   CircleXlaOperands& in = *out;
   TF_RETURN_IF_ERROR(StaticInput(ctx, first, &in.x, &in.n_rows));
@@ -73,15 +68,14 @@ absl::Status Operands(XlaOpKernelContext* ctx, int first, bool on_cpu,
   in.dim = ctx->InputShape(first).dim_size(1);
   in.type = ctx->input_xla_type(first);
   in.label_type = ctx->input_xla_type(first + 1);
-  in.tile_budget_bytes =
-      on_cpu ? kCpuTileBudgetBytes : kAcceleratorTileBudgetBytes;
+  in.tile_budget_bytes = CompilingForXlaCpu(ctx) ? kCpuTileBudgetBytes
+                                                 : kAcceleratorTileBudgetBytes;
   return absl::OkStatus();
 }
 
 class CircleLossXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossXlaOp(OpKernelConstruction* ctx)
-      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
+  explicit CircleLossXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -96,7 +90,7 @@ class CircleLossXlaOp : public XlaOpKernel {
       return;
     }
     CircleXlaOperands in;
-    OP_REQUIRES_OK(ctx, Operands(ctx, 0, on_cpu_, &in));
+    OP_REQUIRES_OK(ctx, Operands(ctx, 0, &in));
     const CircleXlaForward out =
         EmitBlockedCircleForward(ctx->builder(), attrs_, in);
     ctx->SetOutput(0, out.loss);
@@ -106,13 +100,11 @@ class CircleLossXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
-  const bool on_cpu_;
 };
 
 class CircleLossGradXlaOp : public XlaOpKernel {
  public:
-  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx)
-      : XlaOpKernel(ctx), on_cpu_(OnCpu(ctx)) {
+  explicit CircleLossGradXlaOp(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ReadCircleAttrs(ctx, &attrs_));
   }
 
@@ -130,7 +122,7 @@ class CircleLossGradXlaOp : public XlaOpKernel {
       return;
     }
     CircleXlaOperands in;
-    OP_REQUIRES_OK(ctx, Operands(ctx, 1, on_cpu_, &in));
+    OP_REQUIRES_OK(ctx, Operands(ctx, 1, &in));
     xla::XlaOp grad_loss, lse_pos, lse_neg;
     OP_REQUIRES_OK(ctx, StaticInput(ctx, 0, &grad_loss));
     OP_REQUIRES_OK(ctx, StaticInput(ctx, 6, &lse_pos));
@@ -143,7 +135,6 @@ class CircleLossGradXlaOp : public XlaOpKernel {
 
  private:
   CircleAttrs attrs_;
-  const bool on_cpu_;
 };
 
 REGISTER_XLA_OP(Name("KerasMargin>CircleLoss"), CircleLossXlaOp);
