@@ -9,7 +9,7 @@ with one replica, every helper is a no-op.
 
 import warnings
 
-import keras
+from keras_margin import backend
 
 
 def multi_replica_context():
@@ -20,7 +20,7 @@ def multi_replica_context():
     cannot run (TensorFlow raises a merge_call error), so the losses fall back to Keras's
     per-replica behaviour, and Circle warns once that it pairs within each replica only.
     """
-    if keras.backend.backend() != "tensorflow":
+    if not backend.is_tensorflow():
         return None
     import tensorflow as tf
 
@@ -31,6 +31,15 @@ def multi_replica_context():
         _warn_collectives_unavailable_once()
         return None
     return context
+
+
+def replicas_in_sync():
+    """The replica count of the current ``tf.distribute`` strategy; 1 on other backends."""
+    if not backend.is_tensorflow():
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def in_xla_region():

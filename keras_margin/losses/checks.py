@@ -1,15 +1,19 @@
 """Input checks that name the argument at fault and say what was expected.
 
-Shapes and dtypes are checked when a loss is traced, as ``ValueError`` or ``TypeError``.
-Label values can only be checked when the loss runs: eagerly and under ``tf.function`` a bad
-value raises ``tf.errors.InvalidArgumentError`` before any op reads it. XLA has no way to
-raise at run time and drops assertions, so under ``jit_compile`` the rows with a bad label get
-a NaN loss instead: loud in every training log, never a silently wrong number.
+Shapes and dtypes are checked when a loss is traced, as ``ValueError`` or ``TypeError``, with
+the same message on every backend. Label values can only be checked when the loss runs: on
+TensorFlow (eagerly and under ``tf.function``) a bad value raises
+``tf.errors.InvalidArgumentError`` before any op reads it; on PyTorch and on JAX outside
+``jax.jit`` it raises ``ValueError``. XLA has no way to raise at run time, so under
+``jit_compile`` and ``jax.jit`` the rows with a bad label get a NaN loss instead: loud in every
+training log, never a silently wrong number. The backend-specific parts are in
+``keras_margin.backend.runtime()``.
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+from keras_margin import backend
 
 
 def require_float(x, name):
@@ -33,8 +37,9 @@ def require_columns(x, name):
 def require_same_size(a, a_name, b, b_name, axis=0, what="rows"):
     """Checks that ``a`` and ``b`` have the same size along ``axis``; returns ``b``.
 
-    Unknown static sizes are compared when the loss runs, and ``b`` is returned gated on that
-    comparison, so that no op reads mismatched tensors first and fails with a vaguer error.
+    Sizes unknown while tracing (TensorFlow only) are compared when the loss runs, and ``b`` is
+    returned gated on that comparison, so that no op reads mismatched tensors first and fails
+    with a vaguer error.
     """
     size_a, size_b = a.shape[axis], b.shape[axis]
     message = f"Arguments `{a_name}` and `{b_name}` must have the same number of {what}"
@@ -42,52 +47,57 @@ def require_same_size(a, a_name, b, b_name, axis=0, what="rows"):
         if size_a != size_b:
             raise ValueError(f"{message}; received {size_a} and {size_b}.")
         return b
-    check = tf.debugging.assert_equal(tf.shape(a)[axis], tf.shape(b)[axis], message=message)
-    with tf.control_dependencies([check]):
-        return tf.identity(b)
+    return backend.runtime().assert_same_size(a, b, axis, message)
+
+
+def _conflict(size_a, size_b):
+    """Whether two sizes of one axis cannot broadcast (an unknown size can)."""
+    return None not in (size_a, size_b) and size_a != size_b and 1 not in (size_a, size_b)
 
 
 def require_broadcastable(a, a_name, b, b_name):
-    try:
-        tf.broadcast_static_shape(tf.TensorShape(a.shape), tf.TensorShape(b.shape))
-    except ValueError:
+    """Checks, as far as the static shapes tell, that ``a`` and ``b`` broadcast together."""
+    sizes = zip(reversed(tuple(a.shape)), reversed(tuple(b.shape)), strict=False)
+    if any(_conflict(x, y) for x, y in sizes):
         raise ValueError(
             f"Arguments `{a_name}` and `{b_name}` must have broadcastable shapes; "
             f"received {a.shape} and {b.shape}."
-        ) from None
+        )
+
+
+def has_known_rank(x):
+    """False only for a TensorFlow tensor of unknown static rank."""
+    return getattr(x.shape, "rank", 0) is not None
 
 
 def with_known_rank(labels, name, y_pred, y_pred_name):
     """``labels`` reshaped to one per row of ``y_pred`` (all axes but the last) if their static
     rank is unknown.
 
-    ``tf.function(reduce_retracing=True)``, which Keras's train step uses, relaxes labels to
-    an unknown rank once it has seen both (N,) and (N, 1). Their size is checked when the
-    loss runs.
+    ``tf.function(reduce_retracing=True)``, which Keras's TensorFlow train step uses, relaxes
+    labels to an unknown rank once it has seen both (N,) and (N, 1). Their size is checked
+    when the loss runs.
     """
-    if labels.shape.rank is not None:
+    if has_known_rank(labels):
         return labels
-    rows = tf.shape(y_pred)[:-1]
-    flat = tf.reshape(labels, [-1])
-    check = tf.debugging.assert_equal(
-        tf.size(flat, out_type=rows.dtype),
-        tf.reduce_prod(rows),
-        message=f"Argument `{name}` must hold one class id per row of `{y_pred_name}`",
-    )
-    with tf.control_dependencies([check]):
-        return tf.reshape(flat, rows)
+    message = f"Argument `{name}` must hold one class id per row of `{y_pred_name}`"
+    return backend.runtime().reshape_to_rows(labels, y_pred, message)
 
 
 def guard(valid, message, tensor):
-    """Returns ``tensor``, first raising ``InvalidArgumentError(message)`` if not all ``valid``.
+    """Returns ``tensor``, first raising ``message`` if not all ``valid`` where the backend can
+    raise at run time (see the module docstring).
 
     ``valid`` may be None (nothing to check) or a boolean tensor of any shape.
     """
     if valid is None:
         return tensor
-    check = tf.debugging.Assert(ops.all(valid), [message])
-    with tf.control_dependencies([check]):
-        return tf.identity(tensor)
+    return backend.runtime().assert_all(valid, message, tensor)
+
+
+def to_tensor(x):
+    """``x`` as a tensor of the active backend, never a variable."""
+    return backend.runtime().to_tensor(x)
 
 
 def all_finite(*tensors):

@@ -1,8 +1,5 @@
 """Circle loss (Sun et al., 2020) for embedding and retrieval models."""
 
-import warnings
-
-import keras
 from keras import ops
 
 from keras_margin._keras_internals import set_keras_mask
@@ -13,7 +10,6 @@ from keras_margin.distribute import (
 )
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
 from keras_margin.losses.checks import (
-    all_finite,
     guard,
     nan_where_invalid,
     require_columns,
@@ -21,6 +17,7 @@ from keras_margin.losses.checks import (
     require_rank,
     require_same_size,
 )
+from keras_margin.losses.circle_dispatch import circle_loss_function, validate_implementation
 from keras_margin.losses.labels import class_ids_per_row
 from keras_margin.registry import export_loss
 
@@ -44,55 +41,6 @@ def validate_circle_args(gamma, margin, remove_diagonal):
     return gamma, margin, validate_bool("remove_diagonal", remove_diagonal)
 
 
-IMPLEMENTATIONS = ("auto", "fused", "composite")
-_fallback_warned = False
-
-
-def validate_implementation(implementation):
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"Argument `implementation` must be one of {IMPLEMENTATIONS}; "
-            f"received implementation={implementation!r}."
-        )
-    return implementation
-
-
-def _fused_op_usable(implementation):
-    """Decides between the fused op and the composite path for ``implementation``.
-
-    ``"auto"`` falls back to the composite path when the op cannot be used, warning once per
-    process with the reason; ``"fused"`` raises instead.
-    """
-    if implementation == "composite":
-        return False
-    if keras.backend.backend() != "tensorflow":
-        if implementation == "fused":
-            raise RuntimeError(
-                "Circle(implementation='fused') needs the TensorFlow backend; the active Keras "
-                f"backend is {keras.backend.backend()!r}."
-            )
-        return False
-    from keras_margin import ops as fused_ops
-
-    if fused_ops.custom_op_available():
-        return True
-    reason = fused_ops.custom_op_unavailable_reason()
-    if implementation == "fused":
-        raise RuntimeError(
-            f"Circle(implementation='fused') needs the compiled op, which is unavailable: {reason}."
-        )
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        warnings.warn(
-            f"keras_margin's fused Circle op is unavailable ({reason}); Circle uses the slower "
-            f"composite path, which builds the full similarity matrix.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return False
-
-
 def _embeddings(x, name, dtype=None):
     x = ops.convert_to_tensor(x, dtype=dtype)
     require_float(x, name)
@@ -113,60 +61,6 @@ def _class_ids_per_row(labels, name, embeddings, embeddings_name):
         )
     labels = require_same_size(embeddings, embeddings_name, labels, name)
     return guard(whole, f"Argument `{name}` must hold whole-number class ids", labels), whole
-
-
-def pairwise_circle_loss(
-    embeddings,
-    labels,
-    ref_embeddings,
-    ref_labels,
-    *,
-    gamma,
-    margin,
-    remove_diagonal,
-    diagonal_offset=0,
-):
-    """Per-anchor Circle loss of ``embeddings`` [N, D] against ``ref_embeddings`` [M, D].
-
-    This is the composite (pure ``keras.ops``) path. It materialises the N x M similarity
-    matrix and is the reference that the fused op is tested against. Its arithmetic follows
-    ``keras.losses.circle`` operation for operation, so values and gradients match Keras's.
-
-    Args:
-        embeddings: Anchor embeddings, shape [N, D].
-        labels: Integer class ids of the anchors, shape [N].
-        ref_embeddings: Reference embeddings, shape [M, D].
-        ref_labels: Integer class ids of the references, shape [M].
-        gamma: Scale of the logits.
-        margin: Relaxation margin.
-        remove_diagonal: Whether pair (i, i + diagonal_offset) is excluded from the positives.
-        diagonal_offset: The row of the batch that the reference set is aligned with where
-            anchor 0 sits: 0, unless the anchors are one replica's slice of a global batch.
-
-    Returns:
-        Per-anchor losses, shape [N].
-    """
-    similarity = ops.matmul(embeddings, ops.transpose(ref_embeddings))
-    distance = ops.maximum(1.0 - similarity, 0.0)
-    same_class = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(ref_labels, 0))
-    positive = same_class
-    if remove_diagonal:
-        rows = ops.arange(ops.shape(labels)[0], dtype="int64") + ops.cast(diagonal_offset, "int64")
-        rows = ops.expand_dims(rows, 1)
-        cols = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0], dtype="int64"), 0)
-        positive = ops.logical_and(positive, ops.not_equal(rows, cols))
-    negative = ops.logical_not(same_class)
-
-    # The weights are not stop-gradient: Keras differentiates through them, and so do we.
-    pos_weights = ops.maximum(margin + distance, 0.0)
-    neg_weights = ops.maximum(1.0 + margin - distance, 0.0)
-    pos_logits = -gamma * pos_weights * (margin - distance)
-    neg_logits = gamma * neg_weights * (1.0 - margin - distance)
-
-    excluded = ops.cast(float("-inf"), pos_logits.dtype)
-    lse_pos = ops.logsumexp(ops.where(positive, pos_logits, excluded), axis=1)
-    lse_neg = ops.logsumexp(ops.where(negative, neg_logits, excluded), axis=1)
-    return ops.softplus(lse_pos + lse_neg)
 
 
 def circle(
@@ -209,10 +103,12 @@ def circle(
             device. Defaults to `True`.
         gamma: Positive float, the scale of the logits. Defaults to 80.
         margin: Float, the relaxation margin. Defaults to 0.4.
-        implementation: `"auto"` (the default) uses the fused C++/XLA op when it is built and
-            the backend is TensorFlow, else the composite `keras.ops` path (with a one-time
-            warning if the op is missing). `"fused"` requires the op and raises if it is
-            unavailable; `"composite"` always uses the composite path.
+        implementation: `"auto"` (the default) picks the fastest that runs: on TensorFlow the
+            fused C++/XLA op when it is built (else the composite `keras.ops` path, with a
+            one-time warning), on JAX the blocked `lax.scan` path from 4096 x 4096 pairs (the
+            composite path below), elsewhere the composite path. `"fused"` requires the
+            op on TensorFlow and the blocked path on JAX, and raises on other backends or if
+            the op is unavailable; `"composite"` always uses the composite path.
         cross_replica: Under a `tf.distribute` strategy with several replicas, and with no
             explicit reference set, whether each replica's anchors are paired with the
             embeddings of all replicas (gathered, with gradients flowing back to their owners),
@@ -233,7 +129,7 @@ def circle(
     TensorShape([4])
     """
     gamma, margin, remove_diagonal = validate_circle_args(gamma, margin, remove_diagonal)
-    use_fused = _fused_op_usable(validate_implementation(implementation))
+    implementation = validate_implementation(implementation)
     embeddings = _embeddings(y_pred, "y_pred")
     labels, valid = _class_ids_per_row(y_true, "y_true", embeddings, "y_pred")
     if ref_embeddings is not None:
@@ -258,32 +154,19 @@ def circle(
         ref_embeddings, ref_labels = gather_replicas(context, embeddings, labels)
     if context is not None and ref_embeddings is not None and remove_diagonal:
         diagonal_offset = rows_before_this_replica(context, embeddings)
-    hyperparameters = {
-        "gamma": gamma,
-        "margin": margin,
-        "remove_diagonal": remove_diagonal,
-        "diagonal_offset": diagonal_offset,
-    }
-    if use_fused:
-        from keras_margin import ops as fused_ops
-
-        # Passing no reference set lets the op exploit the symmetric similarity matrix.
-        losses = fused_ops.circle_loss(
-            embeddings, labels, ref_embeddings, ref_labels, **hyperparameters
-        )
-    else:
-        losses = pairwise_circle_loss(
-            embeddings,
-            labels,
-            embeddings if ref_embeddings is None else ref_embeddings,
-            labels if ref_labels is None else ref_labels,
-            **hyperparameters,
-        )
-    if not use_fused:  # keras_margin.ops.circle_loss already made these rows NaN
-        # One non-finite embedding takes part in every row's pairs, so every row is NaN;
-        # XLA's max would otherwise quietly drop a NaN.
-        finite = all_finite(embeddings, ref_embeddings)
-        valid = finite if valid is None else ops.logical_and(valid, finite)
+    ref_rows = (embeddings if ref_embeddings is None else ref_embeddings).shape[0]
+    circle_loss = circle_loss_function(implementation, embeddings.shape[0], ref_rows)
+    # No reference set (None) lets an implementation exploit the symmetric similarity matrix.
+    losses = circle_loss(
+        embeddings,
+        labels,
+        ref_embeddings,
+        ref_labels,
+        gamma=gamma,
+        margin=margin,
+        remove_diagonal=remove_diagonal,
+        diagonal_offset=diagonal_offset,
+    )
     losses = nan_where_invalid(losses, valid)
     # Keras masks with `losses > 0`; `!= 0` is the same on the loss's range [0, inf) but keeps
     # NaN rows, which a zero mask weight would erase under XLA (it folds NaN * 0 to 0).
@@ -309,9 +192,10 @@ class Circle(ClassIdLoss):
             positives down-weighted, above it the reverse. Defaults to 0.4.
         remove_diagonal: Whether to exclude self-similarities from the positives. Defaults to
             `True`.
-        implementation: `"auto"` (the default) uses the fused C++/XLA op when available, else
-            the composite `keras.ops` path; `"fused"` requires the op; `"composite"` never
-            uses it. See `keras_margin.losses.circle`.
+        implementation: `"auto"` (the default) uses TensorFlow's fused C++/XLA op or JAX's
+            blocked path where they run and pay, else the composite `keras.ops` path;
+            `"fused"` requires one of them; `"composite"` never uses them. See
+            `keras_margin.losses.circle`.
         cross_replica: Under a `tf.distribute` strategy with several replicas, pair each
             replica's anchors with the embeddings of all replicas, so that the loss and its
             gradients equal the single-device loss of the global batch (the count of non-zero

@@ -1,7 +1,6 @@
 """Generalized cross entropy (Zhang & Sabuncu, 2018) for noisy labels."""
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_margin.losses.base import REDUCTION_DOC, ClassIdLoss, validate_bool, validate_finite
@@ -10,6 +9,7 @@ from keras_margin.losses.checks import (
     nan_where_invalid,
     require_float,
     require_same_size,
+    to_tensor,
 )
 from keras_margin.losses.labels import class_ids_per_row
 from keras_margin.registry import export_loss
@@ -143,9 +143,7 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=Fal
     """
     q = validate_q(q)
     from_logits = validate_bool("from_logits", from_logits)
-    # tf.convert_to_tensor, not ops.convert_to_tensor: the latter passes a tf.Variable through,
-    # and keras.ops.take_along_axis then fails on it.
-    y_pred = tf.convert_to_tensor(y_pred)
+    y_pred = to_tensor(y_pred)
     require_float(y_pred, "y_pred")
     labels, valid = _checked_labels(y_true, y_pred)
     safe_labels = labels if valid is None else ops.where(valid, labels, ops.zeros_like(labels))

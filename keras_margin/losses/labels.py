@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_margin import backend
 from keras_margin.losses.checks import with_known_rank
 
 
@@ -12,13 +13,15 @@ def signed_ids(labels):
     Unsigned ids are widened to int64, except uint64, which is reinterpreted bit for bit: a
     one-to-one map, under which ids of 2**63 and more become negative (invalid GCE classes,
     still distinct Circle classes). Keras compares uint64 through uint32, merging ids 2**32
-    apart.
+    apart. On JAX without ``jax_enable_x64``, which has no 64-bit integers, int32 takes the
+    place of int64 (uint32 ids are then reinterpreted bit for bit, still one-to-one).
     """
+    widest = backend.runtime().index_dtype()
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if dtype == "uint64":
         return ops.view(labels, "int64")
     if dtype.startswith("uint") or dtype in ("int8", "int16"):
-        return ops.cast(labels, "int64")
+        return ops.cast(labels, widest)
     return labels
 
 
@@ -42,7 +45,8 @@ def class_ids(labels, name="y_true"):
     if "float" not in dtype:
         raise TypeError(f"Argument `{name}` must hold integer class ids; received dtype {dtype}.")
     whole = ops.logical_and(ops.isfinite(labels), ops.equal(labels, ops.floor(labels)))
-    return ops.cast(ops.where(whole, labels, ops.zeros_like(labels)), "int64"), whole
+    safe = ops.where(whole, labels, ops.zeros_like(labels))
+    return ops.cast(safe, backend.runtime().index_dtype()), whole
 
 
 def squeeze_class_axis(labels, y_pred):

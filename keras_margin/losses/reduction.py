@@ -6,10 +6,9 @@ keras_margin owns that step so that it can keep integer labels out of the float 
 producing the same numbers, and so that distributed reductions can be extended in one place.
 """
 
-import keras
 from keras import ops
 
-from keras_margin.distribute import multi_replica_context, replica_share
+from keras_margin.distribute import multi_replica_context, replica_share, replicas_in_sync
 
 REDUCTIONS = ("sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", "none", None)
 
@@ -66,11 +65,7 @@ def _mask_as_weights(mask, reduction, dtype, rescale):
 
 def _scale_for_replicas(value):
     """Divides by the replica count, as Keras does, so summed replica gradients average."""
-    if keras.backend.backend() != "tensorflow":
-        return value
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    replicas = replicas_in_sync()
     if replicas > 1:
         value = value * ops.cast(1.0 / replicas, value.dtype)
     return value

@@ -52,7 +52,9 @@ def circle_loss(
             replica's slice of a global batch). Must be 0 without a reference set.
 
     When both ``ref_embeddings`` and ``ref_labels`` are None the op runs in self-reference
-    mode, which exploits the symmetry of the similarity matrix (about half the work).
+    mode, which exploits the symmetry of the similarity matrix (about half the work). This is
+    the TensorFlow implementation behind ``keras_margin.losses.circle_dispatch``; it keeps the
+    contract of ``keras_margin.losses.circle_composite.circle_loss``.
 
     Raises:
         keras_margin.ops.CustomOpUnavailableError: the compiled op is not usable;

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_margin.losses.circle import pairwise_circle_loss
+from keras_margin.losses.circle_composite import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
 from .helpers import loss_and_gradients, make_embeddings, make_labels

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_margin
 from keras_margin import ops as km_ops
-from keras_margin.losses.circle import pairwise_circle_loss
+from keras_margin.losses.circle_composite import pairwise_circle_loss
 from keras_margin.ops import circle_loss
 
 from .helpers import (

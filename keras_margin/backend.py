@@ -1,0 +1,36 @@
+"""The one place that asks which Keras backend is active.
+
+The losses are written against ``keras.ops``. What ``keras.ops`` cannot express the same way
+on every backend (raising on a bad value at run time, sizes unknown while tracing, the widest
+integer type) lives in a runtime module per backend, and ``runtime()`` picks it. TensorFlow
+and JAX are imported only by those modules and by their backends' folders
+(``keras_margin.tensorflow``, ``keras_margin.ops``, ``keras_margin.jax``), so
+``import keras_margin`` on JAX or PyTorch never imports TensorFlow.
+"""
+
+import importlib
+
+import keras
+
+
+def name():
+    """The active Keras backend: ``"tensorflow"``, ``"jax"``, ``"torch"`` or ``"numpy"``."""
+    return keras.backend.backend()
+
+
+def is_tensorflow():
+    return name() == "tensorflow"
+
+
+# TensorFlow and JAX trace without concrete values and need their own runtime; the others
+# (PyTorch, NumPy) compute eagerly.
+_RUNTIMES = {
+    "tensorflow": "keras_margin.tensorflow.runtime",
+    "jax": "keras_margin.jax.runtime",
+}
+
+
+def runtime():
+    """The runtime module of the active backend; ``keras_margin.eager_runtime`` lists its
+    functions."""
+    return importlib.import_module(_RUNTIMES.get(name(), "keras_margin.eager_runtime"))

@@ -1,0 +1,1 @@
+"""keras_margin's JAX-only code: run-time checks and Circle's blocked implementation."""

@@ -1,0 +1,101 @@
+"""The one place that decides which implementation computes Circle's per-row losses.
+
+| backend    | ``"auto"``                                         | ``"fused"``         |
+|------------|----------------------------------------------------|---------------------|
+| tensorflow | the fused op (``keras_margin.ops``) if it loads,    | the fused op, or a  |
+|            | else composite with a one-time warning             | ``RuntimeError``    |
+| jax        | blocked (``keras_margin.jax.circle``) from          | blocked             |
+|            | ``JAX_BLOCKED_MIN_PAIRS`` pairs, composite below   |                     |
+| others     | composite                                          | ``RuntimeError``    |
+
+``"composite"`` is the composite path (``circle_composite``) on every backend. Within the fused
+op, TensorFlow itself picks the CPU kernel, the XLA custom call or the blocked HLO lowering
+(``keras_margin.ops.circle.placement``). ``tests/test_circle_dispatch.py`` is this table.
+"""
+
+import importlib
+import warnings
+
+from keras_margin import backend
+
+IMPLEMENTATIONS = ("auto", "fused", "composite")
+
+COMPOSITE = "keras_margin.losses.circle_composite"
+TENSORFLOW_OP = "keras_margin.ops.circle"
+JAX_BLOCKED = "keras_margin.jax.circle"
+
+# Below this many anchor-reference pairs the composite path is as fast on JAX (the blocked
+# backward recomputes the tiles) and its N x M temporaries are small; benchmarks/RESULTS.md
+# ("Circle on JAX") has the measurements behind it.
+JAX_BLOCKED_MIN_PAIRS = 4096 * 4096
+
+_fallback_warned = False
+
+
+def validate_implementation(implementation):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Argument `implementation` must be one of {IMPLEMENTATIONS}; "
+            f"received implementation={implementation!r}."
+        )
+    return implementation
+
+
+def choose(implementation, backend_name, pairs, op_unavailable_reason):
+    """The module whose ``circle_loss`` computes the losses.
+
+    Args:
+        implementation: One of ``IMPLEMENTATIONS``.
+        backend_name: The Keras backend.
+        pairs: N * M, the number of anchor-reference pairs.
+        op_unavailable_reason: A function returning why TensorFlow's fused op cannot be used,
+            or None if it can; only called on TensorFlow.
+    """
+    if implementation == "composite":
+        return COMPOSITE
+    if backend_name == "jax":
+        if implementation == "fused" or pairs >= JAX_BLOCKED_MIN_PAIRS:
+            return JAX_BLOCKED
+        return COMPOSITE
+    if backend_name != "tensorflow":
+        if implementation == "fused":
+            raise RuntimeError(
+                "Circle(implementation='fused') needs the TensorFlow or JAX backend; the "
+                f"active Keras backend is {backend_name!r}."
+            )
+        return COMPOSITE
+    reason = op_unavailable_reason()
+    if reason is None:
+        return TENSORFLOW_OP
+    if implementation == "fused":
+        raise RuntimeError(
+            f"Circle(implementation='fused') needs the compiled op, which is unavailable: {reason}."
+        )
+    _warn_fallback_once(reason)
+    return COMPOSITE
+
+
+def _warn_fallback_once(reason):
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"keras_margin's fused Circle op is unavailable ({reason}); Circle uses the slower "
+            f"composite path, which builds the full similarity matrix.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+
+def _tensorflow_op_unavailable_reason():
+    from keras_margin import ops as fused_ops
+
+    return None if fused_ops.custom_op_available() else fused_ops.custom_op_unavailable_reason()
+
+
+def circle_loss_function(implementation, rows, ref_rows):
+    """The per-row Circle function for the active backend, ``rows`` anchors and ``ref_rows``
+    references (static sizes; None when unknown, which only TensorFlow has)."""
+    pairs = (rows or 0) * (ref_rows or 0)
+    module = choose(implementation, backend.name(), pairs, _tensorflow_op_unavailable_reason)
+    return importlib.import_module(module).circle_loss
