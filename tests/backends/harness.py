@@ -1,0 +1,84 @@
+"""Values and gradients of a loss on the active Keras backend, eagerly and compiled.
+
+The backend tests run on TensorFlow (in the main run) and on JAX and PyTorch (each in its own
+process, with ``KERAS_BACKEND`` set). This module is the only place where they differ: how a
+gradient is taken (``tf.GradientTape``, ``jax.grad``, torch autograd) and how a function is
+compiled (``tf.function(jit_compile=True)``, ``jax.jit``; PyTorch runs eagerly only).
+"""
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+MODES = ["eager"] if BACKEND == "torch" else ["eager", "jit"]
+# Circle's implementations that run on this backend; "fused" is TensorFlow's op or JAX's
+# blocked path.
+CIRCLE_IMPLEMENTATIONS = ["composite"] if BACKEND == "torch" else ["composite", "fused"]
+
+
+def tensor(x):
+    return keras.ops.convert_to_tensor(x)
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def evaluate(fn, mode, *args):
+    """``fn(*args)`` as NumPy, every argument a backend tensor (traced under ``jit``)."""
+    args = [tensor(a) for a in args]
+    if mode == "eager":
+        return numpy(fn(*args))
+    if BACKEND == "jax":
+        import jax
+
+        return numpy(jax.jit(fn)(*args))
+    import tensorflow as tf
+
+    return numpy(tf.function(fn, jit_compile=True)(*args))
+
+
+def value_and_gradient(fn, mode, x, *args, cotangent=None):
+    """``fn(x, *args)`` and the gradient of ``sum(fn(x, *args) * cotangent)`` with respect to
+    ``x`` (a float array), both as NumPy. ``cotangent`` defaults to ones."""
+    args = [tensor(a) for a in args]
+    x = np.asarray(x)
+
+    def weighted(value):
+        if cotangent is None:
+            return keras.ops.sum(value)
+        return keras.ops.sum(value * keras.ops.cast(tensor(cotangent), value.dtype))
+
+    if BACKEND == "jax":
+        import jax
+
+        def both(x, *args):
+            value = fn(x, *args)
+            return weighted(value), value
+
+        step = jax.value_and_grad(both, has_aux=True)
+        if mode == "jit":
+            step = jax.jit(step)
+        (_, value), grad = step(tensor(x), *args)
+        return numpy(value), numpy(grad)
+    if BACKEND == "torch":
+        import torch
+
+        assert mode == "eager"
+        x = torch.tensor(x, requires_grad=True)
+        value = fn(x, *args)
+        weighted(value).backward()
+        return numpy(value.detach()), x.grad.numpy()
+    import tensorflow as tf
+
+    def step(x, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x, *args)
+            total = weighted(value)
+        return value, tape.gradient(total, x)
+
+    if mode == "jit":
+        step = tf.function(step, jit_compile=True)
+    value, grad = step(tf.constant(x), *args)
+    return numpy(value), numpy(grad)

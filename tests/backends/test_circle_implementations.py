@@ -1,0 +1,102 @@
+"""One contract for every Circle implementation on the active backend, against the composite
+path: values, gradients, reference sets, degenerate layouts, low precision, NaN rows.
+
+On TensorFlow the other implementation is the fused op, on JAX the blocked ``lax.scan`` path
+(several tiles and a padded last tile at these sizes: tiles are 128 columns or more); PyTorch
+has only the composite path, which ``test_keras_oracle`` checks against Keras.
+"""
+
+import numpy as np
+import pytest
+
+from keras_margin.losses import circle_composite
+from keras_margin.losses.circle_dispatch import circle_loss_function
+
+from .cases import unit_rows
+from .harness import BACKEND, CIRCLE_IMPLEMENTATIONS, MODES, tensor, value_and_gradient
+from .harness import numpy as to_numpy
+
+# (id, rows, reference rows or None, classes, remove_diagonal)
+LAYOUTS = [
+    ("self-3-tiles", 300, None, 7, True),
+    ("self-keep-diagonal", 130, None, 5, False),
+    ("reference-longer", 90, 333, 6, True),
+    ("reference-shorter", 200, 50, 4, True),
+    ("one-row", 1, None, 1, True),
+    ("one-class", 40, None, 1, True),  # no negatives: every loss is 0
+    ("all-distinct", 40, None, 40, True),  # no positives: every loss is 0
+]
+
+
+def losses_of(implementation, layout, rng, dtype="float32"):
+    _, n, m, classes, remove_diagonal = layout
+    x = unit_rows(rng, n, 16)
+    labels = rng.integers(0, classes, n) if classes < n else np.arange(n)
+    if m is not None:
+        ref, ref_labels = unit_rows(rng, m, 16), rng.integers(0, classes, m)
+    circle_loss = (
+        circle_composite.circle_loss
+        if implementation == "composite"
+        else circle_loss_function(implementation, n, m or n)
+    )
+    kwargs = {"gamma": 32.0, "margin": 0.25, "remove_diagonal": remove_diagonal}
+    if m is None:
+        return lambda x, y: circle_loss(x, y, **kwargs), x.astype(dtype), (labels,)
+    return (
+        lambda x, y, r, ry: circle_loss(x, y, r, ry, **kwargs),
+        x.astype(dtype),
+        (labels, ref.astype(dtype), ref_labels),
+    )
+
+
+def test_fused_is_the_backends_own_implementation():
+    own = {"tensorflow": "keras_margin.ops.circle", "jax": "keras_margin.jax.circle"}
+    if BACKEND not in own:
+        with pytest.raises(RuntimeError, match=f"the active Keras backend is '{BACKEND}'"):
+            circle_loss_function("fused", 300, 300)
+        return
+    assert circle_loss_function("fused", 300, 300).__module__ == own[BACKEND]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
+@pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
+def test_values_and_gradients_equal_the_composite_path(rng, implementation, layout, mode):
+    state = rng.bit_generator.state
+    fn, x, rest = losses_of(implementation, layout, rng)
+    rng.bit_generator.state = state
+    reference_fn, _, _ = losses_of("composite", layout, rng)
+    cotangent = rng.uniform(0.5, 1.5, size=len(x))
+    value, grad = value_and_gradient(fn, mode, x, *rest, cotangent=cotangent)
+    expected, expected_grad = value_and_gradient(reference_fn, mode, x, *rest, cotangent=cotangent)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5 * scale)
+    grad_scale = max(1.0, float(np.abs(expected_grad).max()))
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5 * grad_scale)
+    if layout[0] in ("one-class", "all-distinct", "one-row"):
+        assert np.all(value == 0) and np.all(grad == 0)
+    else:
+        assert np.any(value > 0) and np.any(grad != 0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
+def test_low_precision_stays_close_to_float32(rng, implementation, dtype):
+    layout = LAYOUTS[0]
+    state = rng.bit_generator.state
+    fn, x, rest = losses_of(implementation, layout, rng, dtype)
+    rng.bit_generator.state = state
+    reference_fn, x32, rest32 = losses_of("composite", layout, rng)
+    value = to_numpy(fn(tensor(x), *[tensor(r) for r in rest]))
+    expected = to_numpy(reference_fn(tensor(x32), *[tensor(r) for r in rest32]))
+    assert value.dtype == np.dtype(dtype) or dtype == "bfloat16"
+    np.testing.assert_allclose(value.astype("float32"), expected, rtol=3e-2, atol=0.5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
+def test_a_non_finite_embedding_makes_every_row_nan(rng, implementation, mode):
+    fn, x, rest = losses_of(implementation, LAYOUTS[0], rng)
+    x[17, 3] = np.nan
+    value, _ = value_and_gradient(fn, mode, x, *rest)
+    assert np.isnan(value).all()
