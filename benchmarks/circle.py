@@ -12,7 +12,9 @@ Modes are IMPL:STYLE with IMPL in {keras, fused, fused-hlo, matmul} and STYLE in
 function, jit}; ``fused-hlo`` is ``fused`` with the blocked HLO lowering forced where XLA on
 the CPU would call the CPU engine (the proxy for GPUs and TPUs); ``matmul`` is x @ x^T plus
 the two products of the backward pass (dS @ x and dS^T @ x), the floor of any unfused
-implementation.
+implementation. The ``-jax`` implementations run on Keras's JAX backend under ``jax.jit``:
+``keras-jax`` is ``keras.losses.Circle``, ``composite-jax`` and ``fused-jax`` are
+``keras_margin.losses.Circle`` with the composite path and the blocked ``lax.scan`` path.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ ALL_MODES = [
     "fused-hlo:jit",
     "matmul:eager",
     "matmul:function",
+    "keras-jax:jit",
+    "composite-jax:jit",
+    "fused-jax:jit",
 ]
 GAMMA, MARGIN = 80.0, 0.4
 
@@ -50,6 +55,8 @@ BYTES_PER_PAIR = {
     "keras:jit": 26,
     "matmul:eager": 12,
     "matmul:function": 12,
+    "keras-jax:jit": 26,
+    "composite-jax:jit": 26,
 }
 MEMORY_FRACTION = 0.6  # of MemTotal: leaves room for the baseline and the rest of the machine
 
@@ -79,18 +86,66 @@ def estimated_bytes(mode: str, n: int) -> int | None:
 # ----------------------------------------------------------------------------- worker side
 
 
-def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+def _inputs(n: int, d: int):
     import numpy as np
-    import tensorflow as tf
 
-    impl, style = mode.split(":")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    x = tf.constant(x)
-    labels = tf.constant(rng.integers(0, max(2, n // 8), size=n), tf.int32)
+    return x, rng.integers(0, max(2, n // 8), size=n).astype(np.int32)
+
+
+def _measure(call, repeats: int) -> dict:
+    """Times ``call()`` (one step, results on the host): a warm-up call, then ``repeats``."""
+    baseline = _vm_hwm_bytes()
+    start = time.perf_counter()
+    call()  # trace / compile / warm up
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "first_s": first,
+        "peak_bytes": _vm_hwm_bytes(),
+        "baseline_bytes": baseline,
+    }
+
+
+def _jax_worker(impl: str, n: int, d: int, repeats: int) -> dict:
+    import jax
+    import keras
+
+    x, labels = _inputs(n, d)
+    if impl == "keras-jax":
+        loss_obj = keras.losses.Circle(gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
+    else:
+        import keras_margin
+
+        loss_obj = keras_margin.losses.Circle(
+            gamma=GAMMA,
+            margin=MARGIN,
+            remove_diagonal=True,
+            implementation=impl.removesuffix("-jax"),
+        )
+    step = jax.jit(jax.value_and_grad(lambda x, labels: loss_obj(labels, x)))
+    x, labels = jax.numpy.asarray(x), jax.numpy.asarray(labels)
+    return _measure(lambda: jax.block_until_ready(step(x, labels)), repeats)
+
+
+def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
+    impl, style = mode.split(":")
+    if impl.endswith("-jax"):
+        return _jax_worker(impl, n, d, repeats)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    x, labels = _inputs(n, d)
+    x, labels = tf.constant(x), tf.constant(labels)
 
     if impl == "fused-hlo":
         os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"  # read when the lowering compiles
@@ -122,22 +177,7 @@ def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
     if style != "eager":
         step = tf.function(step, jit_compile=(style == "jit"))
 
-    baseline = _vm_hwm_bytes()
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), step(x))  # trace / compile / warm up
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), step(x))
-        times.append(time.perf_counter() - start)
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "first_s": first,
-        "peak_bytes": _vm_hwm_bytes(),
-        "baseline_bytes": baseline,
-    }
+    return _measure(lambda: tf.nest.map_structure(lambda t: t.numpy(), step(x)), repeats)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -148,7 +188,8 @@ def run_config(mode: str, n: int, d: int, repeats: int, timeout: float) -> dict:
     if est is not None and est > MEMORY_FRACTION * _mem_total_bytes():
         return {"skipped": f"OOM (est. {est / 2**30:.0f} GiB)"}
     cmd = [sys.executable, __file__, "--worker", mode, str(n), str(d), str(repeats)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    backend = "jax" if mode.split(":")[0].endswith("-jax") else "tensorflow"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -203,7 +244,7 @@ def _previous_rows() -> dict[tuple[int, int, int], str]:
 
 
 def render(rows: list[str], argv: list[str]) -> str:
-    import tensorflow as tf  # only for the version string
+    from importlib.metadata import version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -216,7 +257,8 @@ def render(rows: list[str], argv: list[str]) -> str:
         f"Forward + backward of the Circle loss (gamma={GAMMA:g}, margin={MARGIN:g}, "
         "no reference set, unit-norm float32 embeddings, about 8 rows per class), "
         f"{cpu}, {os.cpu_count()} CPUs, {_mem_total_bytes() / 2**30:.0f} GiB RAM, "
-        f"TensorFlow {tf.__version__}. Last run ({datetime.date.today().isoformat()}): "
+        f"TensorFlow {version('tensorflow')}, JAX {version('jax')} (CPU). "
+        f"Last run ({datetime.date.today().isoformat()}): "
         f"`python benchmarks/circle.py {' '.join(argv)}`; rows of earlier runs are kept. The "
         "machine's speed varies from day to day, so compare only rows of one run (the `run` "
         "column).",
@@ -224,12 +266,15 @@ def render(rows: list[str], argv: list[str]) -> str:
         "- time: median over the repeats after one warm-up call (which includes tracing and "
         "XLA compilation); min in parentheses.",
         "- peak RSS: VmHWM of the process that ran only this configuration; the baseline is "
-        "its VmHWM after importing TensorFlow and building the inputs.",
+        "its VmHWM after importing the backend and building the inputs.",
         "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.losses.Circle("
         "implementation='fused')` (without XLA the CPU kernel; under `jit` the op's XLA "
         "lowering, which on the CPU calls the same engine); `fused-hlo`: the same with the "
         "blocked HLO lowering forced, as GPUs and TPUs run it; `matmul`: x @ x^T, dS @ x and "
-        "dS^T @ x only.",
+        "dS^T @ x only; `keras-jax`: `keras.losses.Circle` on Keras's JAX backend, "
+        "`composite-jax` and `fused-jax`: `keras_margin.losses.Circle` there with "
+        "`implementation='composite'` and `'fused'` (the blocked `lax.scan` path), each "
+        "forward+backward in one `jax.jit` function.",
         f"- OOM rows were not run: their estimated peak exceeds {MEMORY_FRACTION:.0%} of the RAM.",
         "",
         "| N | D | implementation | mode | fwd+bwd time (s) | peak RSS (GiB) | baseline (GiB) "

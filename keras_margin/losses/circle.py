@@ -105,7 +105,7 @@ def circle(
         margin: Float, the relaxation margin. Defaults to 0.4.
         implementation: `"auto"` (the default) picks the fastest that runs: on TensorFlow the
             fused C++/XLA op when it is built (else the composite `keras.ops` path, with a
-            one-time warning), on JAX the blocked `lax.scan` path from 4096 x 4096 pairs (the
+            one-time warning), on JAX the blocked `lax.scan` path from 2048 x 2048 pairs (the
             composite path below), elsewhere the composite path. `"fused"` requires the
             op on TensorFlow and the blocked path on JAX, and raises on other backends or if
             the op is unavailable; `"composite"` always uses the composite path.

@@ -27,7 +27,7 @@ JAX_BLOCKED = "keras_margin.jax.circle"
 # Below this many anchor-reference pairs the composite path is as fast on JAX (the blocked
 # backward recomputes the tiles) and its N x M temporaries are small; benchmarks/RESULTS.md
 # ("Circle on JAX") has the measurements behind it.
-JAX_BLOCKED_MIN_PAIRS = 4096 * 4096
+JAX_BLOCKED_MIN_PAIRS = 2048 * 2048
 
 _fallback_warned = False
 
