@@ -10,6 +10,10 @@ Environment variables:
                            -mf16c" when the build machine supports them, else none. Set it to ""
                            for a portable build or to "-march=native" for this machine only.
   KERAS_MARGIN_BUILD_JOBS  number of sources compiled in parallel (default: CPU count).
+
+On x86-64 the engine is also built with AVX-512, as keras_margin/ops/_circle_engine_avx512.so,
+whatever KERAS_MARGIN_ARCH_FLAGS says: the op library loads it at run time on CPUs that have
+AVX-512 and never touches it elsewhere (tf_ops/kernels/circle_loss_engine_table.h).
 """
 
 import os
@@ -25,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "tf_ops/ops/circle_loss_ops.cc",
     "tf_ops/kernels/circle_loss_engine.cc",
+    "tf_ops/kernels/circle_loss_engine_dispatch.cc",
     "tf_ops/kernels/circle_loss_kernels.cc",
     "tf_ops/xla/circle_loss_blocked_hlo.cc",
     "tf_ops/xla/circle_loss_xla.cc",
@@ -49,6 +54,13 @@ def _default_arch_flags():
     if {"avx2", "fma", "f16c"} <= flags:
         return ["-mavx2", "-mfma", "-mf16c"]
     return []
+
+
+# AVX-512 Foundation, DQ, BW and VL: what Eigen's AVX-512 packets use (every AVX-512 CPU since
+# Skylake-SP has them). -march=native is avoided: on CPUs with AVX512-FP16 it makes Eigen 3.4's
+# headers fail to compile.
+AVX512_FLAGS = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]
+AVX512_ENGINE = "keras_margin.ops._circle_engine_avx512"
 
 
 def _arch_flags():
@@ -91,8 +103,14 @@ class BuildTfOp(build_ext):
         )
         link_flags = tf.sysconfig.get_link_flags() + ["-l:libtensorflow_cc.so.2"]
         for ext in self.extensions:
-            ext.extra_compile_args = compile_flags
-            ext.extra_link_args = link_flags
+            if ext.name == AVX512_ENGINE:
+                # TensorFlow-free: Eigen's headers only, no TensorFlow library linked.
+                ext.extra_compile_args = [
+                    f for f in compile_flags if f not in _arch_flags()
+                ] + AVX512_FLAGS
+            else:
+                ext.extra_compile_args = compile_flags
+                ext.extra_link_args = link_flags
         # -Wstrict-prototypes etc. from Python's own CFLAGS are C-only noise for C++ sources.
         self.compiler.compiler_so = [
             f for f in self.compiler.compiler_so if f != "-Wstrict-prototypes"
@@ -112,14 +130,20 @@ class BuildTfOp(build_ext):
         self.compiler.compile = compile_sources
 
 
-setup(
-    ext_modules=[
+EXTENSIONS = [
+    Extension("keras_margin.ops._circle_loss_op", sources=SOURCES, language="c++", optional=True)
+]
+if platform.machine() in ("x86_64", "AMD64"):
+    EXTENSIONS.append(
         Extension(
-            "keras_margin.ops._circle_loss_op",
-            sources=SOURCES,
+            AVX512_ENGINE,
+            sources=["tf_ops/kernels/circle_loss_engine_avx512.cc"],
             language="c++",
             optional=True,
         )
-    ],
+    )
+
+setup(
+    ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildTfOp},
 )

@@ -8,9 +8,12 @@ Every configuration runs in a fresh Python process, so that its peak resident me
     python benchmarks/circle.py --quick         # N = 1024, 4096, D = 128, fewer repeats
     python benchmarks/circle.py --n 4096 16384 --d 128 --modes fused:function keras:jit
 
-Modes are IMPL:STYLE with IMPL in {keras, fused, fused-hlo, matmul} and STYLE in {eager,
-function, jit}; ``fused-hlo`` is ``fused`` with the blocked HLO lowering forced where XLA on
-the CPU would call the CPU engine (the proxy for GPUs and TPUs); ``matmul`` is x @ x^T plus
+Modes are IMPL:STYLE with IMPL in {keras, fused, fused-hlo, fused-ref, matmul} and STYLE in
+{eager, function, jit}; ``fused-hlo`` is ``fused`` with the blocked HLO lowering forced where
+XLA on the CPU would call the CPU engine (the proxy for GPUs and TPUs); ``fused-ref`` is the op
+against a reference set of N / 2 other rows (M != N, no symmetric tiles); a ``-baseline``
+suffix keeps the op library's own engine build where the CPU would run the AVX-512 one
+(``KERAS_MARGIN_ENGINE_ISA=baseline``); ``matmul`` is x @ x^T plus
 the two products of the backward pass (dS @ x and dS^T @ x), the floor of any unfused
 implementation. The ``-jax`` implementations run on Keras's JAX backend under ``jax.jit``:
 ``keras-jax`` is ``keras.losses.Circle``, ``composite-jax`` and ``fused-jax`` are
@@ -39,6 +42,9 @@ ALL_MODES = [
     "fused:function",
     "fused:jit",
     "fused-hlo:jit",
+    "fused-baseline:function",
+    "fused-ref:function",
+    "fused-ref-baseline:function",
     "matmul:eager",
     "matmul:function",
     "keras-jax:jit",
@@ -149,7 +155,24 @@ def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
 
     if impl == "fused-hlo":
         os.environ["KERAS_MARGIN_XLA_BLOCKED_HLO"] = "1"  # read when the lowering compiles
-    if impl in ("keras", "fused", "fused-hlo"):
+    if impl.endswith("-baseline"):
+        os.environ["KERAS_MARGIN_ENGINE_ISA"] = "baseline"  # read at the op's first call
+        impl = impl.removesuffix("-baseline")
+    if impl == "fused-ref":
+        import keras_margin
+
+        ref = tf.constant(_inputs(n // 2, d)[0][::-1].copy())
+        ref_labels = labels[: n // 2]
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch([x, ref])
+                loss = keras_margin.losses.circle(
+                    labels, x, ref_labels, ref, gamma=GAMMA, margin=MARGIN, implementation="fused"
+                )
+            return loss, tape.gradient(loss, [x, ref])
+
+    elif impl in ("keras", "fused", "fused-hlo"):
         if impl == "keras":
             loss_obj = keras.losses.Circle(gamma=GAMMA, margin=MARGIN, remove_diagonal=True)
         else:
@@ -270,7 +293,9 @@ def render(rows: list[str], argv: list[str]) -> str:
         "- `keras`: `keras.losses.Circle`; `fused`: `keras_margin.losses.Circle("
         "implementation='fused')` (without XLA the CPU kernel; under `jit` the op's XLA "
         "lowering, which on the CPU calls the same engine); `fused-hlo`: the same with the "
-        "blocked HLO lowering forced, as GPUs and TPUs run it; `matmul`: x @ x^T, dS @ x and "
+        "blocked HLO lowering forced, as GPUs and TPUs run it; `fused-ref`: the op against a "
+        "reference set of N / 2 other rows; `-baseline`: the op library's own (AVX2) engine "
+        "where the CPU would run the AVX-512 build; `matmul`: x @ x^T, dS @ x and "
         "dS^T @ x only; `keras-jax`: `keras.losses.Circle` on Keras's JAX backend, "
         "`composite-jax` and `fused-jax`: `keras_margin.losses.Circle` there with "
         "`implementation='composite'` and `'fused'` (the blocked `lax.scan` path), each "

@@ -9,6 +9,7 @@ from keras_margin.ops._loader import (
     CustomOpUnavailableError,
     custom_op_available,
     custom_op_unavailable_reason,
+    engine_isa,
 )
 from keras_margin.ops.circle import circle_loss
 
@@ -17,4 +18,5 @@ __all__ = [
     "circle_loss",
     "custom_op_available",
     "custom_op_unavailable_reason",
+    "engine_isa",
 ]

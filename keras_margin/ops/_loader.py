@@ -104,3 +104,17 @@ def custom_op_available() -> bool:
 def custom_op_unavailable_reason() -> str | None:
     """Why the fused op cannot be used, or None if it can (loads it on first call)."""
     return None if custom_op_available() else _reason
+
+
+def engine_isa() -> str:
+    """The instruction set of the CPU engine the op runs: ``"avx512"``, ``"avx2"`` or
+    ``"portable"``.
+
+    The engine is built for AVX-512 as well, in its own library, which the op uses on CPUs
+    that have AVX-512; ``KERAS_MARGIN_ENGINE_ISA=baseline``, set before the first Circle call,
+    keeps the op library's own build. Raises CustomOpUnavailableError if the op is unusable.
+    """
+    load_library()
+    isa = ctypes.CDLL(str(LIBRARY_PATH)).keras_margin_engine_isa
+    isa.restype = ctypes.c_char_p
+    return isa().decode()

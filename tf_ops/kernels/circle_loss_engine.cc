@@ -1,4 +1,5 @@
 #include "tf_ops/kernels/circle_loss_engine.h"
+#include "tf_ops/kernels/circle_loss_engine_table.h"
 
 #include <algorithm>
 #include <cmath>
@@ -863,34 +864,32 @@ class CircleEngine {
   Acc* grad_ref_ = nullptr;
 };
 
-}  // namespace
-
 template <typename Acc>
-void CircleForward(const CircleProblem<Acc>& problem, const TaskRunner& run,
-                   Acc* loss, Acc* lse_pos, Acc* lse_neg) {
+void Forward(const CircleProblem<Acc>& problem, const TaskRunner& run,
+             Acc* loss, Acc* lse_pos, Acc* lse_neg) {
   CircleEngine<Acc>(problem, run.threads).Forward(run, loss, lse_pos, lse_neg);
 }
 
 template <typename Acc>
-void CircleBackward(const CircleProblem<Acc>& problem, const TaskRunner& run,
-                    const Acc* grad_loss, const Acc* lse_pos,
-                    const Acc* lse_neg, Acc* grad_x, Acc* grad_ref) {
-  CircleEngine<Acc>(problem, run.threads).Backward(run, grad_loss, lse_pos, lse_neg, grad_x,
-                                      grad_ref);
+void Backward(const CircleProblem<Acc>& problem, const TaskRunner& run,
+              const Acc* grad_loss, const Acc* lse_pos, const Acc* lse_neg,
+              Acc* grad_x, Acc* grad_ref) {
+  CircleEngine<Acc>(problem, run.threads)
+      .Backward(run, grad_loss, lse_pos, lse_neg, grad_x, grad_ref);
 }
 
-template void CircleForward<float>(const CircleProblem<float>&,
-                                   const TaskRunner&, float*, float*, float*);
-template void CircleForward<double>(const CircleProblem<double>&,
-                                    const TaskRunner&, double*, double*,
-                                    double*);
-template void CircleBackward<float>(const CircleProblem<float>&,
-                                    const TaskRunner&, const float*,
-                                    const float*, const float*, float*,
-                                    float*);
-template void CircleBackward<double>(const CircleProblem<double>&,
-                                     const TaskRunner&, const double*,
-                                     const double*, const double*, double*,
-                                     double*);
+}  // namespace
+
+const EngineTable& ThisIsaEngine() {
+  static const EngineTable table = {
+      kEngineAbi,
+      KERAS_MARGIN_ENGINE_ISA_NAME,
+      &Forward<float>,
+      &Forward<double>,
+      &Backward<float>,
+      &Backward<double>,
+  };
+  return table;
+}
 
 }  // namespace keras_margin
