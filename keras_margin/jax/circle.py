@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from keras_margin.losses.checks import all_finite, nan_where_invalid
+
 # Tile width: a multiple of 128 (a TPU matrix unit's side), the widest that keeps about eight
 # [N, B] temporaries within the budget. CPU caches favour small tiles; accelerators want wide
 # products to keep their matrix units busy (the budgets of the TensorFlow op's HLO lowering).
@@ -188,5 +190,4 @@ def circle_loss(
         margin=margin,
         remove_diagonal=remove_diagonal,
     )
-    finite = jnp.isfinite(embeddings).all() & jnp.isfinite(ref).all()
-    return jnp.where(finite, losses, jnp.nan)
+    return nan_where_invalid(losses, all_finite(embeddings, ref_embeddings))

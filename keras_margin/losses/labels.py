@@ -16,12 +16,11 @@ def signed_ids(labels):
     apart. On JAX without ``jax_enable_x64``, which has no 64-bit integers, int32 takes the
     place of int64 (uint32 ids are then reinterpreted bit for bit, still one-to-one).
     """
-    widest = backend.runtime().index_dtype()
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if dtype == "uint64":
         return ops.view(labels, "int64")
     if dtype.startswith("uint") or dtype in ("int8", "int16"):
-        return ops.cast(labels, widest)
+        return ops.cast(labels, backend.runtime().index_dtype())
     return labels
 
 

@@ -28,25 +28,30 @@ LAYOUTS = [
 ]
 
 
-def losses_of(implementation, layout, rng, dtype="float32"):
-    _, n, m, classes, remove_diagonal = layout
+def inputs_of(layout, rng):
+    """The float32 embeddings of a layout, and the other arguments of its loss function."""
+    _, n, m, classes, _ = layout
     x = unit_rows(rng, n, 16)
     labels = rng.integers(0, classes, n) if classes < n else np.arange(n)
-    if m is not None:
-        ref, ref_labels = unit_rows(rng, m, 16), rng.integers(0, classes, m)
+    if m is None:
+        return x, (labels,)
+    return x, (labels, unit_rows(rng, m, 16), rng.integers(0, classes, m))
+
+
+def as_dtype(arrays, dtype):
+    return [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
+
+
+def loss_of(implementation, layout):
+    """``implementation``'s per-row function for a layout, taking ``inputs_of``'s arrays."""
+    _, n, m, _, remove_diagonal = layout
     circle_loss = (
         circle_composite.circle_loss
         if implementation == "composite"
         else circle_loss_function(implementation, n, m or n)
     )
     kwargs = {"gamma": 32.0, "margin": 0.25, "remove_diagonal": remove_diagonal}
-    if m is None:
-        return lambda x, y: circle_loss(x, y, **kwargs), x.astype(dtype), (labels,)
-    return (
-        lambda x, y, r, ry: circle_loss(x, y, r, ry, **kwargs),
-        x.astype(dtype),
-        (labels, ref.astype(dtype), ref_labels),
-    )
+    return lambda x, *rest: circle_loss(x, *rest, **kwargs)
 
 
 def test_fused_is_the_backends_own_implementation():
@@ -62,10 +67,8 @@ def test_fused_is_the_backends_own_implementation():
 @pytest.mark.parametrize("layout", LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
 @pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
 def test_values_and_gradients_equal_the_composite_path(rng, implementation, layout, mode):
-    state = rng.bit_generator.state
-    fn, x, rest = losses_of(implementation, layout, rng)
-    rng.bit_generator.state = state
-    reference_fn, _, _ = losses_of("composite", layout, rng)
+    fn, reference_fn = loss_of(implementation, layout), loss_of("composite", layout)
+    x, rest = inputs_of(layout, rng)
     cotangent = rng.uniform(0.5, 1.5, size=len(x))
     value, grad = value_and_gradient(fn, mode, x, *rest, cotangent=cotangent)
     expected, expected_grad = value_and_gradient(reference_fn, mode, x, *rest, cotangent=cotangent)
@@ -83,12 +86,10 @@ def test_values_and_gradients_equal_the_composite_path(rng, implementation, layo
 @pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
 def test_low_precision_stays_close_to_float32(rng, implementation, dtype):
     layout = LAYOUTS[0]
-    state = rng.bit_generator.state
-    fn, x, rest = losses_of(implementation, layout, rng, dtype)
-    rng.bit_generator.state = state
-    reference_fn, x32, rest32 = losses_of("composite", layout, rng)
-    value = to_numpy(fn(tensor(x), *[tensor(r) for r in rest]))
-    expected = to_numpy(reference_fn(tensor(x32), *[tensor(r) for r in rest32]))
+    fn, reference_fn = loss_of(implementation, layout), loss_of("composite", layout)
+    x, rest = inputs_of(layout, rng)
+    value = to_numpy(fn(*[tensor(a) for a in as_dtype([x, *rest], dtype)]))
+    expected = to_numpy(reference_fn(*[tensor(a) for a in [x, *rest]]))
     assert value.dtype == np.dtype(dtype) or dtype == "bfloat16"
     np.testing.assert_allclose(value.astype("float32"), expected, rtol=3e-2, atol=0.5)
 
@@ -96,7 +97,7 @@ def test_low_precision_stays_close_to_float32(rng, implementation, dtype):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
 def test_a_non_finite_embedding_makes_every_row_nan(rng, implementation, mode):
-    fn, x, rest = losses_of(implementation, LAYOUTS[0], rng)
+    x, rest = inputs_of(LAYOUTS[0], rng)
     x[17, 3] = np.nan
-    value, _ = value_and_gradient(fn, mode, x, *rest)
+    value, _ = value_and_gradient(loss_of(implementation, LAYOUTS[0]), mode, x, *rest)
     assert np.isnan(value).all()
