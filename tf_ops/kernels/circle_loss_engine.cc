@@ -866,23 +866,17 @@ class CircleEngine {
       products_.AddTimesRef(g, rs.size, cs.begin, cs.size, gx_rows);
       products_.AddTransposedTimesX(g, rs.begin, rs.size, cs.size,
                                     grad_ref_ + cs.begin * dim);
-    } else if (row_block == col_block) {
-      // x plays both roles, so a diagonal tile contributes (G + G^T) x.
-      GradTile<false>(rs, cs, g);
-      for (int64_t r = 0; r < rs.size; ++r) {
-        for (int64_t c = r + 1; c < cs.size; ++c) {
-          const Acc v = g[r * cs.size + c] + g[c * cs.size + r];
-          g[r * cs.size + c] = v;
-          g[c * cs.size + r] = v;
-        }
-        g[r * cs.size + r] *= Acc(2);
-      }
-      products_.AddTimesRef(g, rs.size, cs.begin, cs.size, gx_rows);
     } else {
+      // x plays both roles, so a tile contributes (G + G^T) to the gradient,
+      // and the tile of G + G^T comes out of one pass: pair (i, j) holds both
+      // directions. A diagonal tile is that whole symmetric matrix for its
+      // rows; an off-diagonal one also gives its columns their rows' share.
       if (!SharedGradTile(rs, cs, g)) GradTile<true>(rs, cs, g);
       products_.AddTimesRef(g, rs.size, cs.begin, cs.size, gx_rows);
-      products_.AddTransposedTimesX(g, rs.begin, rs.size, cs.size,
-                                    grad_x_ + cs.begin * dim);
+      if (row_block != col_block) {
+        products_.AddTransposedTimesX(g, rs.begin, rs.size, cs.size,
+                                      grad_x_ + cs.begin * dim);
+      }
     }
   }
 
