@@ -3,8 +3,9 @@
 //
 // circle_loss_engine.cc is compiled twice: into the op library for the
 // baseline instruction set (AVX2/FMA by default), and, on x86-64, into
-// _circle_engine_avx512.so with AVX-512 enabled. Eigen's tile products gain
-// the most from it (16-float registers, 32 of them). The op library loads the
+// _circle_engine_avx512.so with AVX-512 enabled: Eigen's tile products use
+// its 32 registers of 16 floats, and the element-wise step 16-float lanes
+// (circle_loss_engine.cc, kFloatLanes). The op library loads the
 // AVX-512 copy only on a CPU that has AVX-512, with dlopen: linked directly,
 // its static initialisers would run, and fault, on CPUs without it, and the
 // two copies of every inline Eigen function could be merged into one.
