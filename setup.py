@@ -130,14 +130,32 @@ class BuildTfOp(build_ext):
         self.compiler.compile = compile_sources
 
 
+# The headers, and the engine source that circle_loss_engine_avx512.cc includes: setuptools
+# rebuilds an extension only when one of its sources or these is newer than the library.
+ENGINE_DEPENDS = [
+    "tf_ops/kernels/circle_loss_engine.cc",
+    *(
+        os.path.join(d, f)
+        for d in ("tf_ops/kernels", "tf_ops/xla")
+        for f in os.listdir(os.path.join(HERE, d))
+        if f.endswith(".h")
+    ),
+]
 EXTENSIONS = [
-    Extension("keras_margin.ops._circle_loss_op", sources=SOURCES, language="c++", optional=True)
+    Extension(
+        "keras_margin.ops._circle_loss_op",
+        sources=SOURCES,
+        depends=ENGINE_DEPENDS,
+        language="c++",
+        optional=True,
+    )
 ]
 if platform.machine() in ("x86_64", "AMD64"):
     EXTENSIONS.append(
         Extension(
             AVX512_ENGINE,
             sources=["tf_ops/kernels/circle_loss_engine_avx512.cc"],
+            depends=ENGINE_DEPENDS,
             language="c++",
             optional=True,
         )

@@ -375,6 +375,40 @@ def test_degenerate_rows_have_zero_gradient_not_nan(rng, mode):
         np.testing.assert_array_equal(grad, np.zeros((6, 4)))
 
 
+def _pairs_far_apart_in_logit(rng, n, d):
+    """n / 2 classes of two unit rows: in every other class the two are nearly equal
+    (similarity 0.99, positive logit -12.8 at gamma 80 and margin 0.4), in the rest orthogonal
+    (logit 67.2), so a tile's rows have positive log-sum-exps about 80 apart."""
+    x = make_embeddings(rng, n, d)
+    for k in range(0, n, 2):
+        u = x[k]
+        v = rng.normal(size=d)
+        v -= v.dot(u) * u
+        v /= np.linalg.norm(v)
+        x[k + 1] = 0.99 * u + np.sqrt(1 - 0.99**2) * v if k % 4 == 0 else v
+    return np.repeat(np.arange(n // 2), 2), x.astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", EXECUTIONS)
+@pytest.mark.parametrize("upstream", [1e-30, 1e30])
+def test_gradient_scales_with_a_tiny_or_huge_upstream_gradient(rng, mode, upstream):
+    """The backward's weights carry the upstream gradient. Where the CPU engine shares one
+    exponential per pair across a tile, a row's weight relative to the tile's reference,
+    upstream * exp(ref - lse), can leave float32's normal range although every true weight is
+    inside it (1e30 made it overflow to NaN); such a tile must take the exact path. So the
+    gradient for an upstream of 1e-30 or 1e30 is that for 1, scaled, row by row (several tiles,
+    the diagonal ones included; below about 1e-31 float32's own range blurs the comparison, on
+    the composite path too)."""
+    labels, x = _pairs_far_apart_in_logit(rng, 300, 16)
+    fn = _op_fn("fused", labels, None, 80.0, 0.4, remove_diagonal=True)
+    _, (unit,) = loss_and_gradients(fn, x, None, np.ones(300), mode)
+    _, (scaled,) = loss_and_gradients(fn, x, None, np.full(300, upstream), mode)
+    row_scale = np.abs(unit).max(axis=1, keepdims=True)
+    assert np.all(row_scale > 0)
+    assert np.all(np.isfinite(scaled))
+    assert np.max(np.abs(scaled / upstream - unit) / row_scale) < 1e-4
+
+
 class TestRawOpValidation:
     """Bad shapes and attributes raise InvalidArgumentError from the kernel; nothing crashes."""
 

@@ -807,10 +807,29 @@ class CircleEngine {
     }
   }
 
+  // scale * exp(ref - lse) for items [begin, begin + n): each one's weight
+  // relative to the tile's reference. False when one that matters (a
+  // non-empty set, a non-zero scale) is not a normal float: with a tiny or
+  // huge upstream gradient it can underflow or overflow while every true
+  // weight scale * exp(l - lse) is representable.
+  bool RelativeWeights(const std::vector<Acc>& lse, int64_t begin, int64_t n,
+                       Acc ref, Acc* out) const {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = begin + k;
+      out[k] = scale_[i] * std::exp(ref - lse[i]);
+      if (!std::isnormal(out[k]) && scale_[i] != Acc(0) &&
+          lse[i] != kPosInf<Acc>) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   // GradTile<true> with one exponential per pair; false (tile untouched)
-  // when the tile's finite log-sum-exps of a set span more than kSharedSpan.
-  // Then every active pair has l <= lse <= ref + kSharedSpan / 2, and the
-  // terms that underflow are below e^-(87 - 50) of their row's weight.
+  // when the tile's finite log-sum-exps of a set span more than kSharedSpan,
+  // or a relative weight leaves the normal range (RelativeWeights). Then every
+  // active pair has l <= lse <= ref + kSharedSpan / 2, and the terms that
+  // underflow are below e^-(87 - 50) of their row's weight.
   bool SharedGradTile(const Span& rs, const Span& cs, Acc* s) const {
     using W = typename Wide<Acc>::type;
     constexpr int64_t kWidth = Wide<Acc>::kWidth;
@@ -824,30 +843,31 @@ class CircleEngine {
                          neg_ref_.data() + cs.begin, cols, kPosInf<Acc>, tn)) {
       return false;
     }
-    std::unique_ptr<Acc[]> buf(new Acc[2 * cols]);
+    std::unique_ptr<Acc[]> buf(new Acc[2 * (cols + rs.size)]);
     Acc* qp = buf.get();
     Acc* qn = qp + cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t j = cs.begin + c;
-      qp[c] = scale_[j] * std::exp(tp - pos_ref_[j]);
-      qn[c] = scale_[j] * std::exp(tn - neg_ref_[j]);
+    Acc* pp = qn + cols;
+    Acc* pn = pp + rs.size;
+    if (!RelativeWeights(pos_ref_, cs.begin, cols, tp, qp) ||
+        !RelativeWeights(neg_ref_, cs.begin, cols, tn, qn) ||
+        !RelativeWeights(pos_ref_, rs.begin, rs.size, tp, pp) ||
+        !RelativeWeights(neg_ref_, rs.begin, rs.size, tn, pn)) {
+      return false;
     }
     const int32_t* rl = ref_labels_ + cs.begin;
     for (int64_t r = 0; r < rs.size; ++r) {
       const int64_t i = rs.begin + r;
       const int32_t label = p_.labels[i];
       const int32_t diag = DiagColumn(i, cs.begin, cols);
-      const Acc pp = scale_[i] * std::exp(tp - pos_ref_[i]);
-      const Acc pn = scale_[i] * std::exp(tn - neg_ref_[i]);
       Acc* row = s + r * cols;
       int64_t c = 0;
       for (; c < vec_end; c += kWidth) {
-        SharedGradLanes<W, Acc>(k_, row, rl, c, label, diag, tp, tn, pp, pn,
-                                qp, qn);
+        SharedGradLanes<W, Acc>(k_, row, rl, c, label, diag, tp, tn, pp[r],
+                                pn[r], qp, qn);
       }
       for (; c < cols; ++c) {
-        SharedGradLanes<Acc, Acc>(k_, row, rl, c, label, diag, tp, tn, pp, pn,
-                                  qp, qn);
+        SharedGradLanes<Acc, Acc>(k_, row, rl, c, label, diag, tp, tn, pp[r],
+                                  pn[r], qp, qn);
       }
     }
     return true;
