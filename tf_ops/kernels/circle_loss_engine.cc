@@ -182,8 +182,10 @@ constexpr Acc kPosInf = std::numeric_limits<Acc>::infinity();
 //   l = (scale * max(optim + sign * d, 0)) * (delta - d),
 // positives: scale -gamma, optim m, sign +1, delta m; negatives: scale gamma,
 // optim 1 + m, sign -1, delta 1 - m. Each lane picks its set's constants,
-// which costs less than evaluating both sets' logits, and the products and
-// sums are Keras's own, rounded in the same order (sign * d is exact).
+// which costs less than evaluating both sets' logits; the logit's products
+// and sums are Keras's own, in the same order (sign * d is exact), though
+// the compiler may fuse its last product into the subtraction that follows
+// it (an FMA), which skips one rounding of the logit.
 template <typename Acc>
 struct SetConsts {
   Acc scale, optim, sign, delta;
