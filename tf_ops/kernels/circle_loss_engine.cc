@@ -176,6 +176,22 @@ constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
 template <typename Acc>
 constexpr Acc kPosInf = std::numeric_limits<Acc>::infinity();
 
+// v rounded to its type at this point. GCC contracts a product and a later
+// subtraction into one FMA (-ffp-contract=fast, its default) even across
+// statements and inlined calls, which skips the product's rounding. The
+// empty asm makes v opaque, so nothing can be fused through it. "+v" keeps v
+// in a vector register where the build has AVX; elsewhere it goes through
+// memory, which rounds as well.
+template <typename V>
+inline V Rounded(V v) {
+#if defined(__AVX__)
+  asm("" : "+v"(v));
+#else
+  asm("" : "+m"(v));
+#endif
+  return v;
+}
+
 // The constants of keras.losses.circle, rounded to Acc the way Keras rounds
 // its Python-float constants when they meet a tensor, arranged so that one
 // expression gives either set's logit from the distance d:
@@ -183,9 +199,7 @@ constexpr Acc kPosInf = std::numeric_limits<Acc>::infinity();
 // positives: scale -gamma, optim m, sign +1, delta m; negatives: scale gamma,
 // optim 1 + m, sign -1, delta 1 - m. Each lane picks its set's constants,
 // which costs less than evaluating both sets' logits; the logit's products
-// and sums are Keras's own, in the same order (sign * d is exact), though
-// the compiler may fuse its last product into the subtraction that follows
-// it (an FMA), which skips one rounding of the logit.
+// and sums are Keras's own, in the same order (sign * d is exact).
 template <typename Acc>
 struct SetConsts {
   Acc scale, optim, sign, delta;
@@ -241,9 +255,14 @@ inline LaneLogit<V> Logit(const Consts<Acc>& k, V d, M pos) {
   const V arg = Pick<V>(pos, k.pos.optim, k.neg.optim) +
                 Pick<V>(pos, k.pos.sign, k.neg.sign) * d;
   const V gap = Pick<V>(pos, k.pos.delta, k.neg.delta) - d;
-  const V value =
+  // Rounded, as Keras rounds it: the forward pass stores the logit, so the
+  // backward pass must subtract the row's log-sum-exp from the same rounded
+  // value. Fused into that subtraction instead, l - lse of a row's dominant
+  // pair is the logit's rounding error rather than 0, and its softmax weight
+  // e^0 is off by that much: 3% at l = 4e5 (rows of norm 10, gamma 80).
+  const V value = Rounded(
       (Pick<V>(pos, k.pos.scale, k.neg.scale) * Max(arg, Splat<V>(Acc(0)))) *
-      gap;
+      gap);
   return {value, arg, gap};
 }
 
