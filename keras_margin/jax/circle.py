@@ -3,7 +3,7 @@
 The reference set is cut into column tiles of width B. ``lax.scan`` walks the tiles; each step
 forms one [N, B] tile of similarities with a single product, folds it into a running maximum
 and sum per row and set (an online log-sum-exp), and drops it. The backward pass is a custom
-VJP that walks the tiles again, recomputing each from the saved per-row log-sum-exps, and
+VJP that walks the tiles again, recomputing each from the saved per-row maxima and sums, and
 differentiates the tile with ``jax.vjp``: the element-wise derivatives are JAX's own, so
 gradients equal those of the composite ``keras.ops`` path on JAX, ties included. Only O(N + M)
 state passes from the forward to the backward.
@@ -83,6 +83,20 @@ def _finish_lse(state):
     return jnp.where(total > 0, top + jnp.log(total), -jnp.inf)
 
 
+def _softmax_weights(state, logits, mask):
+    """exp(logit - lse) as exp(logit - max) / sum, Keras's own form: a rounded lse would put
+    its rounding error, up to ulp(lse) / 2, into every weight.
+
+    XLA compiles the backward pass apart from the forward, and may round a recomputed logit an
+    ulp differently (its dot kernel and fusions are chosen per program), so logit - max can
+    come out above 0; it is capped there, as no weight exceeds 1 / sum. Where the logits reach
+    1e11 (norms of 100, gamma 1024) an ulp is 8e3, and the weight would overflow."""
+    top, total = state
+    shift = jnp.where(jnp.isfinite(top), top, 0.0)
+    below_max = jnp.minimum(logits - shift[:, None], 0.0)
+    return jnp.where(mask, jnp.exp(below_max) / total[:, None], 0.0)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _blocked_losses(x, ref, labels, ref_labels, offset, gamma, margin, remove_diagonal, width):
     return _forward(x, ref, labels, ref_labels, offset, gamma, margin, remove_diagonal, width)[0]
@@ -105,19 +119,20 @@ def _forward(x, ref, labels, ref_labels, offset, gamma, margin, remove_diagonal,
         step, (empty, empty), (ref_tiles, ref_label_tiles, first_columns)
     )
     lse_pos, lse_neg = _finish_lse(pos_state), _finish_lse(neg_state)
-    return jax.nn.softplus(lse_pos + lse_neg), (lse_pos, lse_neg)
+    return jax.nn.softplus(lse_pos + lse_neg), (pos_state, neg_state)
 
 
 def _forward_with_residuals(x, ref, labels, ref_labels, offset, *static):
-    losses, (lse_pos, lse_neg) = _forward(x, ref, labels, ref_labels, offset, *static)
-    return losses, (x, ref, labels, ref_labels, offset, lse_pos, lse_neg)
+    losses, (pos_state, neg_state) = _forward(x, ref, labels, ref_labels, offset, *static)
+    return losses, (x, ref, labels, ref_labels, offset, pos_state, neg_state)
 
 
 def _backward(gamma, margin, remove_diagonal, width, residuals, grad_losses):
-    x, ref, labels, ref_labels, offset, lse_pos, lse_neg = residuals
+    x, ref, labels, ref_labels, offset, pos_state, neg_state = residuals
     ref_tiles, ref_label_tiles, first_columns = _tiles(ref, ref_labels, width)
     # d softplus(lse_pos + lse_neg) = sigmoid(...), then each set's softmax weights.
-    scale = (grad_losses * jax.nn.sigmoid(lse_pos + lse_neg))[:, None]
+    z = _finish_lse(pos_state) + _finish_lse(neg_state)
+    scale = (grad_losses * jax.nn.sigmoid(z))[:, None]
 
     def step(grad_x, tile):
         ref_tile, ref_label_tile, first_column = tile
@@ -125,8 +140,8 @@ def _backward(gamma, margin, remove_diagonal, width, residuals, grad_losses):
         positive, negative = _tile_masks(
             labels, ref_label_tile, first_column, ref.shape[0], remove_diagonal, offset
         )
-        grad_pos = jnp.where(positive, jnp.exp(pos - lse_pos[:, None]), 0.0) * scale
-        grad_neg = jnp.where(negative, jnp.exp(neg - lse_neg[:, None]), 0.0) * scale
+        grad_pos = _softmax_weights(pos_state, pos, positive) * scale
+        grad_neg = _softmax_weights(neg_state, neg, negative) * scale
         tile_grad_x, grad_ref_tile = pullback((grad_pos, grad_neg))
         return grad_x + tile_grad_x, grad_ref_tile
 

@@ -474,14 +474,16 @@ class TestRawOpValidation:
 
     def test_grad_op_shapes(self, op_lib):
         x, labels = tf.zeros([4, 3]), tf.zeros([4], tf.int32)
-        lse = tf.zeros([4])
+        lse = tf.zeros([4, 2])
         with pytest.raises(tf.errors.InvalidArgumentError, match="grad_loss must have length 4"):
             op_lib.keras_margin_circle_loss_grad(
                 tf.zeros([3]), x, labels, x, labels, lse, lse, **self.ATTRS
             )
-        with pytest.raises(tf.errors.InvalidArgumentError, match="lse_neg must have length 4"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"lse_neg must have shape \[N, 2\] = \[4, 2\]"
+        ):
             op_lib.keras_margin_circle_loss_grad(
-                tf.zeros([4]), x, labels, x, labels, lse, tf.zeros([2]), **self.ATTRS
+                tf.zeros([4]), x, labels, x, labels, lse, tf.zeros([4]), **self.ATTRS
             )
 
     def test_kernel_checks_unknown_static_shapes(self, op_lib):

@@ -295,8 +295,8 @@ def test_any_saved_state_gives_a_result(op_lib, rng, self_reference):
     x = tf.constant(make_embeddings(rng, n, d))
     labels = tf.constant(rng.integers(0, 5, size=n))
     states = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 3.0]
-    lse_pos = tf.constant(rng.choice(states, size=n), tf.float32)
-    lse_neg = tf.constant(rng.choice(states, size=n), tf.float32)
+    lse_pos = tf.constant(rng.choice(states, size=(n, 2)), tf.float32)
+    lse_neg = tf.constant(rng.choice(states, size=(n, 2)), tf.float32)
 
     def fn(x, lse_pos, lse_neg):
         return op_lib.keras_margin_circle_loss_grad(
@@ -332,7 +332,7 @@ def test_empty_sets(op_lib, n, m, self_reference):
 
     loss, lse_pos, lse_neg, grad_x, grad_ref = [np.asarray(t) for t in _compiled(fn)(x, ref)]
     np.testing.assert_array_equal(loss, np.zeros(n))
-    np.testing.assert_array_equal(lse_pos, np.full(n, -np.inf))
+    np.testing.assert_array_equal(lse_pos, np.tile([-np.inf, 0.0], (n, 1)))
     np.testing.assert_array_equal(grad_x, np.zeros((n, d)))
     np.testing.assert_array_equal(grad_ref, np.zeros((m, d)))
 

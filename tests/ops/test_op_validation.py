@@ -100,18 +100,42 @@ def test_forward_rejects_bad_shapes(op_lib, mode, shapes):
 # The gradient op's own inputs (grad_loss, lse_pos, lse_neg shapes) for N = 4, and the
 # checks it shares with the forward op.
 GRAD_SHAPE_ERRORS = [
-    ([], [4], [4], None, r"grad_loss must have rank 1, got shape \[\]"),
-    ([4, 1], [4], [4], None, r"grad_loss must have rank 1, got shape \[4,1\]"),
-    ([3], [4], [4], None, r"grad_loss must have length 4 \(N\), got 3"),
-    ([4], [4, 1], [4], None, r"lse_pos must have rank 1, got shape \[4,1\]"),
-    ([4], [5], [4], None, r"lse_pos must have length 4 \(N\), got 5"),
-    ([4], [4], [], None, r"lse_neg must have rank 1, got shape \[\]"),
-    ([4], [4], [2], None, r"lse_neg must have length 4 \(N\), got 2"),
-    ([4], [4], [4], ([4], [4], [4, 3], [4]), r"embeddings must have rank 2"),
-    ([4], [4], [4], ([4, 3], [4, 1], [4, 3], [4]), r"(?<!_)labels must have rank 1"),
-    ([4], [4], [4], ([4, 3], [4], [4, 3], [3]), r"ref_labels must have length 4"),
-    ([4], [4], [4], ([4, 3], [4], [4, 5], [4]), r"same dimension D as embeddings: 5 vs 3"),
-    ([4], [4], [4], ([4, 0], [4], [4, 0], [4]), r"at least one column \(D >= 1\)"),
+    ([], [4, 2], [4, 2], None, r"grad_loss must have rank 1, got shape \[\]"),
+    ([4, 1], [4, 2], [4, 2], None, r"grad_loss must have rank 1, got shape \[4,1\]"),
+    ([3], [4, 2], [4, 2], None, r"grad_loss must have length 4 \(N\), got 3"),
+    (
+        [4],
+        [4],
+        [4, 2],
+        None,
+        r"lse_pos must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[4\]",
+    ),
+    (
+        [4],
+        [5, 2],
+        [4, 2],
+        None,
+        r"lse_pos must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[5,2\]",
+    ),
+    (
+        [4],
+        [4, 2],
+        [],
+        None,
+        r"lse_neg must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[\]",
+    ),
+    (
+        [4],
+        [4, 2],
+        [4, 3],
+        None,
+        r"lse_neg must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[4,3\]",
+    ),
+    ([4], [4, 2], [4, 2], ([4], [4], [4, 3], [4]), r"embeddings must have rank 2"),
+    ([4], [4, 2], [4, 2], ([4, 3], [4, 1], [4, 3], [4]), r"(?<!_)labels must have rank 1"),
+    ([4], [4, 2], [4, 2], ([4, 3], [4], [4, 3], [3]), r"ref_labels must have length 4"),
+    ([4], [4, 2], [4, 2], ([4, 3], [4], [4, 5], [4]), r"same dimension D as embeddings: 5 vs 3"),
+    ([4], [4, 2], [4, 2], ([4, 0], [4], [4, 0], [4]), r"at least one column \(D >= 1\)"),
 ]
 
 
@@ -286,8 +310,8 @@ def test_empty_sets_are_valid(op_lib, mode, n, m, self_reference):
         op_lib, mode, x, labels, ref, ref_labels, tf.ones([n]), self_reference
     )
     np.testing.assert_array_equal(loss, np.zeros(n))
-    np.testing.assert_array_equal(lse_pos, np.full(n, -np.inf))
-    np.testing.assert_array_equal(lse_neg, np.full(n, -np.inf))
+    np.testing.assert_array_equal(lse_pos, np.tile([-np.inf, 0.0], (n, 1)))
+    np.testing.assert_array_equal(lse_neg, np.tile([-np.inf, 0.0], (n, 1)))
     np.testing.assert_array_equal(grad_x, np.zeros((n, d)))
     np.testing.assert_array_equal(grad_ref, np.zeros((m, d)))
 
@@ -361,8 +385,9 @@ def test_grad_tolerates_any_saved_state(op_lib, rng, self_reference):
     n, d = 50, 4
     x = tf.constant(make_embeddings(rng, n, d))
     labels = tf.constant(rng.integers(0, 5, size=n))
-    lse_pos = tf.constant(rng.choice([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 3.0], size=n))
-    lse_neg = tf.constant(rng.choice([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 3.0], size=n))
+    states = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 3.0]
+    lse_pos = tf.constant(rng.choice(states, size=(n, 2)))
+    lse_neg = tf.constant(rng.choice(states, size=(n, 2)))
     grad_x, grad_ref = op_lib.keras_margin_circle_loss_grad(
         tf.ones([n]),
         x,

@@ -340,24 +340,50 @@ inline void SharedExpLanes(const Acc* row, const int32_t* rl, int64_t c,
   Store(csn + c, Load<V>(csn + c) + en);
 }
 
-// Backward: similarity -> dloss/ds in place. `g` is the row's upstream
-// gradient times sigmoid(lse_pos + lse_neg); `lp`/`ln` its log-sum-exps, +inf
-// for an empty set so that exp() of them is 0 rather than NaN. With kCols the
-// transposed pair (j, i) is added, giving the (G + G^T) tile directly.
+// A row's (or column's) share of the backward: `g` its upstream gradient
+// times sigmoid(lse_pos + lse_neg), and per set the two parts of its
+// log-sum-exp (high +inf and low 0 for an empty set, so that the weight is 0
+// rather than NaN).
+template <typename V>
+struct RowShare {
+  V g, pos_high, pos_low, neg_high, neg_low;
+};
+template <typename V, typename Acc>
+inline RowShare<V> RowShareOf(const Acc* g, const Acc* ph, const Acc* pl,
+                              const Acc* nh, const Acc* nl) {
+  return {Load<V>(g), Load<V>(ph), Load<V>(pl), Load<V>(nh), Load<V>(nl)};
+}
+template <typename V, typename Acc>
+inline RowShare<V> SplatShare(Acc g, Acc ph, Acc pl, Acc nh, Acc nl) {
+  return {Splat<V>(g), Splat<V>(ph), Splat<V>(pl), Splat<V>(nh), Splat<V>(nl)};
+}
+// g exp(l - lse): l minus the high part is exact for a row's dominant pairs,
+// and the low part then corrects it.
+template <typename V, typename M>
+inline V SoftmaxWeight(V l, M pos, const RowShare<V>& r) {
+  return r.g * Exp((l - Select(pos, r.pos_high, r.neg_high)) -
+                   Select(pos, r.pos_low, r.neg_low));
+}
+
+// Backward: similarity -> dloss/ds in place, for the row's share `row_share`.
+// With kCols the transposed pair (j, i) is added with the columns' shares,
+// giving the (G + G^T) tile directly.
 template <typename V, typename Acc, bool kCols>
 inline void GradLanes(const Consts<Acc>& k, Acc* row, const int32_t* rl,
-                      int64_t c, int32_t label, int32_t diag, Acc g, Acc lp,
-                      Acc ln, const Acc* gc, const Acc* lpc, const Acc* lnc) {
+                      int64_t c, int32_t label, int32_t diag,
+                      const RowShare<V>& row_share, const Acc* gc,
+                      const Acc* phc, const Acc* plc, const Acc* nhc,
+                      const Acc* nlc) {
   const Membership<V> mb = Classify<V>(rl, c, label, diag);
   const V zero = Splat<V>(Acc(0));
   const V u = Splat<V>(Acc(1)) - Load<V>(row + c);
   const V d = Max(u, zero);
   const LaneLogit<V> l = Logit(k, d, mb.pos);
-  V w = Splat<V>(g) *
-        Exp(l.value - Select(mb.pos, Splat<V>(lp), Splat<V>(ln)));
+  V w = SoftmaxWeight(l.value, mb.pos, row_share);
   if (kCols) {
-    w = w + Load<V>(gc + c) * Exp(l.value - Select(mb.pos, Load<V>(lpc + c),
-                                                   Load<V>(lnc + c)));
+    w = w + SoftmaxWeight(l.value, mb.pos,
+                          RowShareOf<V>(gc + c, phc + c, plc + c, nhc + c,
+                                        nlc + c));
   }
   const auto active = MaskAnd(MaskOr(mb.pos, mb.neg), u >= zero);
   Store(row + c, Select(active, w * LogitSlope(k, l, mb.pos), zero));
@@ -561,9 +587,9 @@ class CircleEngine {
       });
     }
     for (int64_t i = 0; i < n; ++i) {
-      lse_pos[i] = Lse(max_pos_[i], sum_pos_[i]);
-      lse_neg[i] = Lse(max_neg_[i], sum_neg_[i]);
-      loss[i] = Softplus(lse_pos[i] + lse_neg[i]);
+      const double lp = Lse(max_pos_[i], sum_pos_[i], lse_pos + 2 * i);
+      const double ln = Lse(max_neg_[i], sum_neg_[i], lse_neg + 2 * i);
+      loss[i] = static_cast<Acc>(Softplus(lp + ln));
     }
   }
 
@@ -579,10 +605,14 @@ class CircleEngine {
     scale_.resize(n);
     pos_ref_.resize(n);
     neg_ref_.resize(n);
+    pos_low_.resize(n);
+    neg_low_.resize(n);
     for (int64_t i = 0; i < n; ++i) {
-      scale_[i] = grad_loss[i] * Sigmoid(lse_pos[i] + lse_neg[i]);
-      pos_ref_[i] = std::isfinite(lse_pos[i]) ? lse_pos[i] : kPosInf<Acc>;
-      neg_ref_[i] = std::isfinite(lse_neg[i]) ? lse_neg[i] : kPosInf<Acc>;
+      const double z = static_cast<double>(lse_pos[2 * i]) + lse_pos[2 * i + 1] +
+                       lse_neg[2 * i] + lse_neg[2 * i + 1];
+      scale_[i] = grad_loss[i] * static_cast<Acc>(Sigmoid(z));
+      Unpack(lse_pos + 2 * i, pos_ref_[i], pos_low_[i]);
+      Unpack(lse_neg + 2 * i, neg_ref_[i], neg_low_[i]);
     }
     const Schedule rounds =
         p_.self_reference
@@ -617,16 +647,40 @@ class CircleEngine {
     return (c >= 0 && c < cols) ? static_cast<int32_t>(c) : -1;
   }
 
-  static Acc Lse(Acc max, Acc sum) {
-    return sum > Acc(0) ? max + std::log(sum) : kNegInf<Acc>;
+  // Writes a set's log-sum-exp max + log(sum) as the unevaluated sum of two
+  // Acc values, out[0] (the sum rounded) + out[1] (what rounding left out),
+  // and returns it in double. One float would round it to ulp(lse) / 2, and a
+  // weight exp(l - lse) inherits that as its relative error: 1e-4 at
+  // lse = 3,000, which a row's dominant pair (l ~ lse) would carry whole.
+  // Keras's own softmax weights, exp(l - max) / sum, never round the lse.
+  static double Lse(Acc max, Acc sum, Acc* out) {
+    if (!(sum > Acc(0))) {
+      out[0] = kNegInf<Acc>;
+      out[1] = Acc(0);
+      return -std::numeric_limits<double>::infinity();
+    }
+    const double lse = Wider(max) + std::log(Wider(sum));
+    out[0] = static_cast<Acc>(lse);
+    out[1] = static_cast<Acc>(lse - Wider(out[0]));
+    return lse;
   }
-  static Acc Softplus(Acc z) {
-    return z > Acc(0) ? z + std::log1p(std::exp(-z)) : std::log1p(std::exp(z));
+  // The backward's reference for a set: the log-sum-exp's two parts, or +inf
+  // (and 0) for an empty set, so that exp(l - ref) is 0 rather than NaN.
+  static void Unpack(const Acc* lse, Acc& high, Acc& low) {
+    const bool finite = std::isfinite(lse[0]);
+    high = finite ? lse[0] : kPosInf<Acc>;
+    low = finite ? lse[1] : Acc(0);
   }
-  static Acc Sigmoid(Acc z) {
-    if (z >= Acc(0)) return Acc(1) / (Acc(1) + std::exp(-z));
-    const Acc e = std::exp(z);
-    return e / (Acc(1) + e);
+  // Double for float; double itself is rounded as before (float64 results
+  // need no more than float64).
+  static double Wider(Acc v) { return static_cast<double>(v); }
+  static double Softplus(double z) {
+    return z > 0 ? z + std::log1p(std::exp(-z)) : std::log1p(std::exp(z));
+  }
+  static double Sigmoid(double z) {
+    if (z >= 0) return 1 / (1 + std::exp(-z));
+    const double e = std::exp(z);
+    return e / (1 + e);
   }
   // Folds a tile's maximum into a running (max, sum) log-sum-exp state and
   // returns the new maximum, the reference for this tile's exponentials.
@@ -808,22 +862,27 @@ class CircleEngine {
     const int64_t cols = cs.size;
     const int64_t vec_end = cols / kWidth * kWidth;
     const int32_t* rl = ref_labels_ + cs.begin;
-    const Acc* gc = scale_.data() + cs.begin;
-    const Acc* lpc = pos_ref_.data() + cs.begin;
-    const Acc* lnc = neg_ref_.data() + cs.begin;
+    const int64_t j = cs.begin;
+    const Acc *gc = scale_.data() + j, *phc = pos_ref_.data() + j,
+              *plc = pos_low_.data() + j, *nhc = neg_ref_.data() + j,
+              *nlc = neg_low_.data() + j;
     for (int64_t r = 0; r < rs.size; ++r) {
       const int64_t i = rs.begin + r;
       const int32_t label = p_.labels[i];
       const int32_t diag = DiagColumn(i, cs.begin, cols);
       Acc* row = s + r * cols;
+      const auto wide = SplatShare<W>(scale_[i], pos_ref_[i], pos_low_[i],
+                                      neg_ref_[i], neg_low_[i]);
+      const auto narrow = SplatShare<Acc>(scale_[i], pos_ref_[i], pos_low_[i],
+                                          neg_ref_[i], neg_low_[i]);
       int64_t c = 0;
       for (; c < vec_end; c += kWidth) {
-        GradLanes<W, Acc, kCols>(k_, row, rl, c, label, diag, scale_[i],
-                                 pos_ref_[i], neg_ref_[i], gc, lpc, lnc);
+        GradLanes<W, Acc, kCols>(k_, row, rl, c, label, diag, wide, gc, phc,
+                                 plc, nhc, nlc);
       }
       for (; c < cols; ++c) {
-        GradLanes<Acc, Acc, kCols>(k_, row, rl, c, label, diag, scale_[i],
-                                   pos_ref_[i], neg_ref_[i], gc, lpc, lnc);
+        GradLanes<Acc, Acc, kCols>(k_, row, rl, c, label, diag, narrow, gc,
+                                   phc, plc, nhc, nlc);
       }
     }
   }
@@ -833,13 +892,18 @@ class CircleEngine {
   // non-empty set, a non-zero scale) is not a normal float: with a tiny or
   // huge upstream gradient it can underflow or overflow while every true
   // weight scale * exp(l - lse) is representable.
-  bool RelativeWeights(const std::vector<Acc>& lse, int64_t begin, int64_t n,
+  // Taken in double, where ref - lse is exact, so that each weight is
+  // rounded once.
+  bool RelativeWeights(const std::vector<Acc>& high,
+                       const std::vector<Acc>& low, int64_t begin, int64_t n,
                        Acc ref, Acc* out) const {
     for (int64_t k = 0; k < n; ++k) {
       const int64_t i = begin + k;
-      out[k] = scale_[i] * std::exp(ref - lse[i]);
+      out[k] = static_cast<Acc>(
+          Wider(scale_[i]) *
+          std::exp((Wider(ref) - Wider(high[i])) - Wider(low[i])));
       if (!std::isnormal(out[k]) && scale_[i] != Acc(0) &&
-          lse[i] != kPosInf<Acc>) {
+          high[i] != kPosInf<Acc>) {
         return false;
       }
     }
@@ -869,10 +933,10 @@ class CircleEngine {
     Acc* qn = qp + cols;
     Acc* pp = qn + cols;
     Acc* pn = pp + rs.size;
-    if (!RelativeWeights(pos_ref_, cs.begin, cols, tp, qp) ||
-        !RelativeWeights(neg_ref_, cs.begin, cols, tn, qn) ||
-        !RelativeWeights(pos_ref_, rs.begin, rs.size, tp, pp) ||
-        !RelativeWeights(neg_ref_, rs.begin, rs.size, tn, pn)) {
+    if (!RelativeWeights(pos_ref_, pos_low_, cs.begin, cols, tp, qp) ||
+        !RelativeWeights(neg_ref_, neg_low_, cs.begin, cols, tn, qn) ||
+        !RelativeWeights(pos_ref_, pos_low_, rs.begin, rs.size, tp, pp) ||
+        !RelativeWeights(neg_ref_, neg_low_, rs.begin, rs.size, tn, pn)) {
       return false;
     }
     const int32_t* rl = ref_labels_ + cs.begin;
@@ -930,7 +994,7 @@ class CircleEngine {
   const int64_t col_block_;
   const TileProducts<Acc> products_;
   std::vector<Acc> max_pos_, max_neg_, sum_pos_, sum_neg_;
-  std::vector<Acc> scale_, pos_ref_, neg_ref_;
+  std::vector<Acc> scale_, pos_ref_, neg_ref_, pos_low_, neg_low_;
   Acc* grad_x_ = nullptr;
   Acc* grad_ref_ = nullptr;
 };

@@ -54,7 +54,11 @@ struct CircleProblem {
 };
 
 // Writes loss[n] and the per-row log-sum-exp of the positive and negative
-// logits (-inf for an empty set), which is all the backward pass needs.
+// logits, which is all the backward pass needs: lse_pos and lse_neg are
+// [n, 2], each row's log-sum-exp as the unevaluated sum of its two entries
+// (the value rounded to Acc, then the rest), so that the backward's softmax
+// weights exp(l - lse) are not off by the rounding of lse. An empty set is
+// (-inf, 0).
 template <typename Acc>
 void CircleForward(const CircleProblem<Acc>& problem, const TaskRunner& run,
                    Acc* loss, Acc* lse_pos, Acc* lse_neg);

@@ -141,8 +141,8 @@ class CircleLossOp : public CircleKernelBase<T, Tlabel> {
     const int64_t n = x.dim_size(0);
     Tensor *loss, *lse_pos, *lse_neg;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n}, &loss));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n}, &lse_pos));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n}, &lse_neg));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n, 2}, &lse_pos));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n, 2}, &lse_neg));
     if (n == 0) return;
 
     const TensorLabels<Tlabel> ids(labels, ref_labels,

@@ -176,14 +176,33 @@ inline tensorflow::Status ValidateDiagonalOffsetValue(int64_t offset,
   return tensorflow::Status();
 }
 
-// The extra inputs of the gradient op: grad_loss, lse_pos and lse_neg [N].
+// A log-sum-exp state of the forward op: [N, 2], each row's value as the
+// unevaluated sum of its two entries.
+inline tensorflow::Status LseShapeError(const char* name, int64_t n,
+                                        const std::string& shape) {
+  return tensorflow::errors::InvalidArgument(
+      name, " must have shape [N, 2] = [", n,
+      ", 2] (the forward op's output), got shape ", shape);
+}
+
+inline tensorflow::Status CheckLseShape(const char* name,
+                                        const tensorflow::TensorShape& shape,
+                                        int64_t n) {
+  if (shape.dims() != 2 || shape.dim_size(0) != n || shape.dim_size(1) != 2) {
+    return LseShapeError(name, n, shape.DebugString());
+  }
+  return tensorflow::Status();
+}
+
+// The extra inputs of the gradient op: grad_loss [N], lse_pos and lse_neg
+// [N, 2].
 inline tensorflow::Status ValidateCircleGradInputs(
     const tensorflow::TensorShape& grad_loss,
     const tensorflow::TensorShape& lse_pos,
     const tensorflow::TensorShape& lse_neg, int64_t n) {
   TF_RETURN_IF_ERROR(CheckLength("grad_loss", grad_loss, n, "N"));
-  TF_RETURN_IF_ERROR(CheckLength("lse_pos", lse_pos, n, "N"));
-  return CheckLength("lse_neg", lse_neg, n, "N");
+  TF_RETURN_IF_ERROR(CheckLseShape("lse_pos", lse_pos, n));
+  return CheckLseShape("lse_neg", lse_neg, n);
 }
 
 }  // namespace keras_margin

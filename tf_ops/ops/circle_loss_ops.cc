@@ -107,10 +107,9 @@ REGISTER_OP("KerasMargin>CircleLoss")
       ShapeHandle x, ref;
       TF_RETURN_IF_ERROR(CircleInputShapes(c, 0, &n, &x, &ref));
       TF_RETURN_IF_ERROR(ScalarOffset(c, 4));
-      const ShapeHandle rows = c->Vector(n);
-      c->set_output(0, rows);
-      c->set_output(1, rows);
-      c->set_output(2, rows);
+      c->set_output(0, c->Vector(n));
+      c->set_output(1, c->Matrix(n, 2));
+      c->set_output(2, c->Matrix(n, 2));
       return Status();
     })
     .Doc(R"doc(
@@ -126,8 +125,11 @@ diagonal_offset: with remove_diagonal, row i's excluded positive is reference
   i + diagonal_offset (a scalar >= 0; 0 with self_reference).
 loss: [N] softplus(lse_pos + lse_neg); 0 for rows without a positive or a
   negative.
-lse_pos: [N] log-sum-exp of the positive logits, -inf if there are none.
-lse_neg: [N] log-sum-exp of the negative logits, -inf if there are none.
+lse_pos: [N, 2] log-sum-exp of the positive logits, as the unevaluated sum of
+  each row's two entries (the value rounded to Tstate, then the rest, so that
+  the gradient's softmax weights are not off by its rounding); (-inf, 0) if
+  there are none.
+lse_neg: [N, 2] the same for the negative logits.
 gamma: scale, finite and > 0, as the decimal text of a double (a float
   attribute would round float64 hyper-parameters to float32).
 margin: relaxation margin, finite, as the decimal text of a double.
@@ -160,16 +162,21 @@ REGISTER_OP("KerasMargin>CircleLossGrad")
       ShapeHandle x, ref;
       TF_RETURN_IF_ERROR(CircleInputShapes(c, 1, &n, &x, &ref));
       TF_RETURN_IF_ERROR(ScalarOffset(c, 5));
-      for (const auto& [input, name] : {std::pair{0, "grad_loss"},
-                                        std::pair{6, "lse_pos"},
-                                        std::pair{7, "lse_neg"}}) {
-        ShapeHandle v;
-        DimensionHandle unused;
-        TF_RETURN_IF_ERROR(WithRank(c, input, name, 1, &v));
-        TF_RETURN_IF_ERROR(MergeDims(c, n, c->Dim(v, 0), &unused,
-                                     [name = name](int64_t want, int64_t got) {
-                                       return LengthError(name, want, "N", got);
-                                     }));
+      ShapeHandle grad_loss;
+      DimensionHandle unused;
+      TF_RETURN_IF_ERROR(WithRank(c, 0, "grad_loss", 1, &grad_loss));
+      TF_RETURN_IF_ERROR(MergeDims(c, n, c->Dim(grad_loss, 0), &unused,
+                                   [](int64_t want, int64_t got) {
+                                     return LengthError("grad_loss", want, "N",
+                                                        got);
+                                   }));
+      for (const auto& [input, name] :
+           {std::pair{6, "lse_pos"}, std::pair{7, "lse_neg"}}) {
+        ShapeHandle lse;
+        if (!c->Merge(c->input(input), c->Matrix(n, 2), &lse).ok()) {
+          return LseShapeError(name, c->Value(n),
+                               c->DebugString(c->input(input)));
+        }
       }
       c->set_output(0, x);
       c->set_output(1, ref);

@@ -302,13 +302,24 @@ std::vector<XlaOp> BackwardTile(XlaBuilder* b, const Plan& p, const Tile& t,
                                 const Invariants& v,
                                 absl::Span<const XlaOp> c) {
   const int64_t n = p.n, w = p.width;
-  const XlaOp scale = c[0], ref_pos = c[1], ref_neg = c[2];
-  XlaOp grad_x = c[3], grad_ref = c[4];
+  const XlaOp scale = c[0], high_pos = c[1], low_pos = c[2], high_neg = c[3],
+              low_neg = c[4];
+  XlaOp grad_x = c[5], grad_ref = c[6];
   const XlaOp zero = Scalar(b, p, 0.0);
   const XlaOp zeros = xla::Broadcast(zero, {n, w});
-  const XlaOp softmax = xla::Exp(xla::Sub(
-      t.logits, xla::Select(t.pos, xla::BroadcastInDim(ref_pos, {n, w}, {0}),
-                            xla::BroadcastInDim(ref_neg, {n, w}, {0}))));
+  auto per_set = [&](XlaOp pos, XlaOp neg) {
+    return xla::Select(t.pos, xla::BroadcastInDim(pos, {n, w}, {0}),
+                       xla::BroadcastInDim(neg, {n, w}, {0}));
+  };
+  // exp(l - lse): l minus the high part is exact for a row's dominant pairs.
+  // Capped at l - lse = 0, as no weight exceeds 1: XLA compiles this loop
+  // apart from the forward's and may round a recomputed logit an ulp higher,
+  // which at logits of 1e11 (norms of 100, gamma 1024) is 8e3 and would
+  // overflow the weight.
+  const XlaOp softmax = xla::Exp(xla::Min(
+      xla::Sub(xla::Sub(t.logits, per_set(high_pos, high_neg)),
+               per_set(low_pos, low_neg)),
+      zero));
   const XlaOp weight = xla::Mul(softmax, scale, {0});
   // d(logit)/d(distance): the clamped weights are differentiated too, and
   // max() sends the gradient to its first argument on ties, as in Keras.
@@ -333,7 +344,36 @@ std::vector<XlaOp> BackwardTile(XlaBuilder* b, const Plan& p, const Tile& t,
   grad_ref = xla::DynamicUpdateSlice(
       grad_ref, xla::DotGeneral(grad_s, v.x, cols, nullptr, p.acc),
       {t.j0, xla::ConstantR0<int64_t>(b, 0)});
-  return {scale, ref_pos, ref_neg, grad_x, grad_ref};
+  return {scale, high_pos, low_pos, high_neg, low_neg, grad_x, grad_ref};
+}
+
+// A set's log-sum-exp max + log(sum) as [n, 2]: the sum rounded, then the
+// rounding error, found exactly by Knuth's TwoSum (XLA does not reassociate
+// floating-point sums). (-inf, 0) for an empty set.
+XlaOp LseParts(XlaBuilder* b, const Plan& p, XlaOp max, XlaOp sum) {
+  const XlaOp a = xla::Select(xla::IsFinite(max), max, xla::ZerosLike(max));
+  const XlaOp log_sum = xla::Log(sum);
+  const XlaOp high = xla::Add(a, log_sum);
+  const XlaOp b_part = xla::Sub(high, a);
+  const XlaOp low = xla::Add(xla::Sub(a, xla::Sub(high, b_part)),
+                             xla::Sub(log_sum, b_part));
+  const XlaOp finite_low =
+      xla::Select(xla::IsFinite(high), low, xla::ZerosLike(low));
+  return xla::ConcatInDim(b,
+                          {xla::Reshape(high, {p.n, 1}),
+                           xla::Reshape(finite_low, {p.n, 1})},
+                          1);
+}
+
+// Column `k` of an [n, 2] log-sum-exp state.
+XlaOp LsePart(const Plan& p, XlaOp lse, int64_t k) {
+  return xla::Reshape(xla::SliceInDim(lse, k, k + 1, 1, 1), {p.n});
+}
+
+// lse_pos + lse_neg, high parts first.
+XlaOp LseSum(const Plan& p, XlaOp lse_pos, XlaOp lse_neg) {
+  return xla::Add(xla::Add(LsePart(p, lse_pos, 0), LsePart(p, lse_neg, 0)),
+                  xla::Add(LsePart(p, lse_pos, 1), LsePart(p, lse_neg, 1)));
 }
 
 }  // namespace
@@ -352,25 +392,21 @@ CircleXlaForward EmitBlockedCircleForward(XlaBuilder* b,
                                           const CircleXlaOperands& in) {
   const Plan p(attrs, in);
   const XlaOp ninf = xla::Broadcast(Scalar(b, p, -kInf), {p.n});
+  const XlaOp zeros = xla::Broadcast(Scalar(b, p, 0.0), {p.n});
   if (p.empty()) {
     // No pair at all: both sets empty, loss 0.
+    const XlaOp empty = LseParts(b, p, ninf, zeros);
     return {WithRows(xla::Broadcast(xla::Zero(b, in.type), {p.n}), in.n_rows),
-            WithRows(ninf, in.n_rows), WithRows(ninf, in.n_rows)};
+            WithRows(empty, in.n_rows), WithRows(empty, in.n_rows)};
   }
-  const XlaOp zeros = xla::Broadcast(Scalar(b, p, 0.0), {p.n});
   const std::vector<XlaOp> state = ForEachTile(
       b, p, MakeInvariants(b, p, in), {ninf, zeros, ninf, zeros},
       "circle_forward",
       [&p](XlaBuilder* sb, const Tile& t, const Invariants&,
            absl::Span<const XlaOp> c) { return ForwardTile(sb, p, t, c); });
-  // log(0) + 0 = -inf for an empty set.
-  auto lse = [](XlaOp max, XlaOp sum) {
-    return xla::Add(xla::Log(sum),
-                    xla::Select(xla::IsFinite(max), max, xla::ZerosLike(max)));
-  };
-  const XlaOp lse_pos = lse(state[0], state[1]);
-  const XlaOp lse_neg = lse(state[2], state[3]);
-  const XlaOp z = xla::Add(lse_pos, lse_neg);
+  const XlaOp lse_pos = LseParts(b, p, state[0], state[1]);
+  const XlaOp lse_neg = LseParts(b, p, state[2], state[3]);
+  const XlaOp z = LseSum(p, lse_pos, lse_neg);
   // Stable softplus; z = -inf (an empty set) gives exactly 0.
   const XlaOp loss = xla::Add(xla::Max(z, Scalar(b, p, 0.0)),
                               xla::Log1p(xla::Exp(xla::Neg(xla::Abs(z)))));
@@ -393,22 +429,23 @@ CircleXlaBackward EmitBlockedCircleBackward(XlaBuilder* b,
   }
   const XlaOp scale =
       xla::Mul(xla::ConvertElementType(grad_loss, p.acc),
-               xla::Logistic(xla::Add(lse_pos, lse_neg)));
-  // +inf for an empty set, so exp(logit - ref) is 0 instead of NaN.
-  auto reference = [&](XlaOp lse) {
-    return xla::Select(xla::IsFinite(lse), lse,
+               xla::Logistic(LseSum(p, lse_pos, lse_neg)));
+  // +inf for an empty set, so exp(logit - high) is 0 instead of NaN.
+  auto high = [&](XlaOp lse) {
+    const XlaOp part = LsePart(p, lse, 0);
+    return xla::Select(xla::IsFinite(part), part,
                        xla::Broadcast(Scalar(b, p, kInf), {p.n}));
   };
   const std::vector<XlaOp> state = ForEachTile(
       b, p, MakeInvariants(b, p, in),
-      {scale, reference(lse_pos), reference(lse_neg),
-       xla::Broadcast(Scalar(b, p, 0.0), {p.n, p.dim}),
+      {scale, high(lse_pos), LsePart(p, lse_pos, 1), high(lse_neg),
+       LsePart(p, lse_neg, 1), xla::Broadcast(Scalar(b, p, 0.0), {p.n, p.dim}),
        xla::Broadcast(Scalar(b, p, 0.0), {p.m_pad, p.dim})},
       "circle_backward",
       [&p](XlaBuilder* sb, const Tile& t, const Invariants& v,
            absl::Span<const XlaOp> c) { return BackwardTile(sb, p, t, v, c); });
-  XlaOp grad_x = state[3];
-  XlaOp grad_ref = xla::SliceInDim(state[4], 0, p.m, 1, 0);
+  XlaOp grad_x = state[5];
+  XlaOp grad_ref = xla::SliceInDim(state[6], 0, p.m, 1, 0);
   if (attrs.self_reference) {
     // x is also the reference set: both roles' gradients belong to it.
     return {WithRows(xla::ConvertElementType(xla::Add(grad_x, grad_ref),

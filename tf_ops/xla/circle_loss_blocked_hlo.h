@@ -62,8 +62,8 @@ struct CircleXlaOperands {
 
 struct CircleXlaForward {
   xla::XlaOp loss;     // [n] in T
-  xla::XlaOp lse_pos;  // [n] in Tstate
-  xla::XlaOp lse_neg;  // [n] in Tstate
+  xla::XlaOp lse_pos;  // [n, 2] in Tstate: the log-sum-exp as high + low
+  xla::XlaOp lse_neg;  // [n, 2] in Tstate
 };
 
 struct CircleXlaBackward {
@@ -85,7 +85,7 @@ CircleXlaForward EmitBlockedCircleForward(xla::XlaBuilder* builder,
                                           const CircleXlaOperands& in);
 
 // grad_embeddings and grad_ref_embeddings of KerasMargin>CircleLossGrad, from
-// the upstream gradient [n] (T) and the forward's lse_pos / lse_neg [n]
+// the upstream gradient [n] (T) and the forward's lse_pos / lse_neg [n, 2]
 // (Tstate).
 CircleXlaBackward EmitBlockedCircleBackward(xla::XlaBuilder* builder,
                                             const CircleAttrs& attrs,

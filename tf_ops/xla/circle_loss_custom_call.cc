@@ -129,10 +129,11 @@ bool UseCpuCustomCall(XlaOpKernelContext* ctx) {
 
 void EmitCpuCircleLoss(XlaOpKernelContext* ctx, const CircleAttrs& attrs) {
   const Common c(ctx, attrs, 0);
-  const xla::Shape row = RowMajor(c.acc, {c.n});
-  const xla::XlaOp call =
-      Call(ctx, kCircleForwardTarget, c,
-           xla::ShapeUtil::MakeTupleShape({row, row, row}), attrs);
+  const xla::Shape lse = RowMajor(c.acc, {c.n, 2});
+  const xla::XlaOp call = Call(
+      ctx, kCircleForwardTarget, c,
+      xla::ShapeUtil::MakeTupleShape({RowMajor(c.acc, {c.n}), lse, lse}),
+      attrs);
   ctx->SetOutput(0, xla::ConvertElementType(xla::GetTupleElement(call, 0),
                                             ctx->output_xla_type(0)));
   ctx->SetOutput(1, xla::GetTupleElement(call, 1));
@@ -142,10 +143,9 @@ void EmitCpuCircleLoss(XlaOpKernelContext* ctx, const CircleAttrs& attrs) {
 void EmitCpuCircleLossGrad(XlaOpKernelContext* ctx,
                            const CircleAttrs& attrs) {
   Common c(ctx, attrs, 1);
-  const xla::Shape row = RowMajor(c.acc, {c.n});
-  c.Add(xla::ConvertElementType(ctx->Input(0), c.acc), row);
-  c.Add(ctx->Input(6), row);
-  c.Add(ctx->Input(7), row);
+  c.Add(xla::ConvertElementType(ctx->Input(0), c.acc), RowMajor(c.acc, {c.n}));
+  c.Add(ctx->Input(6), RowMajor(c.acc, {c.n, 2}));
+  c.Add(ctx->Input(7), RowMajor(c.acc, {c.n, 2}));
   // With self_reference the call writes the whole gradient to grad_x and its
   // grad_ref has no rows; the zeros the op returns there are an HLO
   // broadcast, which XLA folds into the sum TF takes of the two gradients.

@@ -276,8 +276,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   const Attrs a{gamma, margin, remove_diagonal, self_reference};
   return CheckedCall(in, [&](int64_t n, int64_t m,
                              ffi::DataType acc) -> ffi::Error {
-    if (!IsRows(*loss, acc, n, -1) || !IsRows(*lse_pos, acc, n, -1) ||
-        !IsRows(*lse_neg, acc, n, -1) || (self_reference && m != n)) {
+    if (!IsRows(*loss, acc, n, -1) || !IsRows(*lse_pos, acc, n, 2) ||
+        !IsRows(*lse_neg, acc, n, 2) || (self_reference && m != n)) {
       return ffi::Error::InvalidArgument("Circle custom call: result shapes");
     }
     if (n == 0) return ffi::Error::Success();
@@ -311,8 +311,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   return CheckedCall(in, [&](int64_t n, int64_t m,
                              ffi::DataType acc) -> ffi::Error {
     const int64_t dim = x.dimensions()[1];
-    if (!IsRows(grad_loss, acc, n, -1) || !IsRows(lse_pos, acc, n, -1) ||
-        !IsRows(lse_neg, acc, n, -1) || !IsRows(*grad_x, acc, n, dim) ||
+    if (!IsRows(grad_loss, acc, n, -1) || !IsRows(lse_pos, acc, n, 2) ||
+        !IsRows(lse_neg, acc, n, 2) || !IsRows(*grad_x, acc, n, dim) ||
         !IsRows(*grad_ref, acc, self_reference ? 0 : m, dim) ||
         (self_reference && m != n)) {
       return ffi::Error::InvalidArgument("Circle custom call: result shapes");
