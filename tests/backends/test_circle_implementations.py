@@ -8,6 +8,7 @@ has only the composite path, which ``test_keras_oracle`` checks against Keras.
 
 import numpy as np
 import pytest
+from accuracy import CASES, assert_meets_contract, case, float64_circle
 
 from keras_margin.losses import circle_composite
 from keras_margin.losses.circle_dispatch import circle_loss_function
@@ -101,3 +102,40 @@ def test_a_non_finite_embedding_makes_every_row_nan(rng, implementation, mode):
     x[17, 3] = np.nan
     value, _ = value_and_gradient(loss_of(implementation, LAYOUTS[0]), mode, x, *rest)
     assert np.isnan(value).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
+def test_meets_the_accuracy_contract(rng, implementation, name, mode):
+    """Loss and gradient against float64, at most 10x the composite path's error or within
+    float32 rounding of the logits (``tests/accuracy.py``), off the unit sphere included."""
+    x, labels, ref, ref_labels, kwargs = case(name)
+    rest = (labels,) if ref is None else (labels, ref.astype("float32"), ref_labels)
+    upstream = rng.uniform(0.5, 1.5, len(x)).astype("float32")
+    reference = float64_circle(
+        labels, x, ref_labels, ref, upstream=upstream.astype("float64"), **kwargs
+    )
+    for field in ("grads", "grad_floors", "recomputed_grad_floors"):
+        setattr(reference, field, getattr(reference, field)[:1])
+
+    def evaluated(implementation, mode):
+        circle_loss = (
+            circle_composite.circle_loss
+            if implementation == "composite"
+            else circle_loss_function(implementation, len(x), len(x if ref is None else ref))
+        )
+        fn = lambda x, *rest: circle_loss(x, *rest, **kwargs)  # noqa: E731
+        value, grad = value_and_gradient(fn, mode, x.astype("float32"), *rest, cotangent=upstream)
+        return value, [grad]
+
+    composite = evaluated("composite", "eager")
+    # JAX's blocked path recomputes the logits in its backward under XLA; TensorFlow's op runs
+    # one engine whose forward and backward round every logit alike.
+    assert_meets_contract(
+        evaluated(implementation, mode),
+        composite,
+        reference,
+        f"{name}, {mode}",
+        recomputed=BACKEND == "jax" and implementation == "fused",
+    )

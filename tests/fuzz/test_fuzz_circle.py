@@ -13,7 +13,11 @@ Properties:
   (negative ids, int64 ids beyond float precision, (N, 1) labels, mixed int32/int64) gives
   bitwise the same result;
 - without a reference set, the fused op's symmetric kernel agrees with the general kernel
-  given the batch as its own reference set.
+  given the batch as its own reference set;
+- in float32, over the whole domain (norms from 1e-3 to 100, the same for every row or mixed
+  within a tile, D up to 3,000, margins from -1 to 1, ties), the fused op through the CPU
+  kernel, the XLA custom call and the blocked HLO lowering meets Circle's accuracy contract
+  against a float64 evaluation (``tests/accuracy.py``).
 
 Run: ``python -m pytest -q tests/fuzz`` (the small "ci" profile) or
 ``KERAS_MARGIN_FUZZ=long python -m pytest -q -m fuzz tests/fuzz --hypothesis-show-statistics``.
@@ -25,9 +29,11 @@ import functools
 import numpy as np
 import pytest
 import tensorflow as tf
+from accuracy import assert_meets_contract, float64_circle
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from inputs import unit_rows
+from ops.helpers import blocked_hlo_forced
 
 import keras_margin
 from keras_margin.losses.circle import MIN_GAMMA
@@ -38,6 +44,9 @@ pytestmark = pytest.mark.fuzz
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 EMBEDDINGS = ("unit", "over_unit", "duplicated", "identical", "basis")
+# Off the unit sphere, where only the accuracy contract is checked: every row of one norm
+# between 1e-3 and 100, or each row its own norm in that range (mixed within every tile).
+SCALED_EMBEDDINGS = ("one_norm", "mixed_norms")
 LAYOUTS = ("one_class", "distinct", "few")
 LABEL_DTYPES = ("int32", "int64")
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
@@ -47,7 +56,7 @@ TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float
 # from a few values.
 JIT_SIZES = {"n": (0, 1, 9, 300), "d": (1, 16, 64), "m": (None, 0, 7, 200)}
 JIT_GAMMAS = (MIN_GAMMA, 1.0, 80.0, 1024.0)
-JIT_MARGINS = (0.0, 0.1, 0.4, 0.999)
+JIT_MARGINS = (-1.0, 0.0, 0.4, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +104,22 @@ def underflow(spec):
 # Any double: the op takes gamma and margin exactly (see
 # test_float64_keeps_hyperparameters_exact); gamma starts at validate_circle_args's minimum.
 GAMMAS = st.floats(MIN_GAMMA, 1024.0)
-MARGINS = st.floats(0.0, 1.0, exclude_max=True)
+MARGINS = st.floats(-1.0, 1.0)
 
 
 @st.composite
-def circle_specs(draw, compiled=False, self_reference=False):
+def circle_specs(draw, compiled=False, self_reference=False, scaled=False):
+    """Cases of unit-norm families, or with ``scaled`` of every family in float32, with D
+    up to 3,000."""
     if compiled:
         n, d = draw(st.sampled_from(JIT_SIZES["n"])), draw(st.sampled_from(JIT_SIZES["d"]))
         m = None if self_reference else draw(st.sampled_from(JIT_SIZES["m"]))
         gamma, margin = draw(st.sampled_from(JIT_GAMMAS)), draw(st.sampled_from(JIT_MARGINS))
     else:
-        n, d = draw(st.integers(0, 300)), draw(st.integers(1, 64))
+        n = draw(st.integers(0, 300))
+        d = draw(
+            st.integers(1, 64) | st.sampled_from([512, 3000]) if scaled else st.integers(1, 64)
+        )
         m = None if self_reference else draw(st.none() | st.integers(0, 300))
         gamma, margin = draw(GAMMAS), draw(MARGINS)
     label_dtypes = (draw(st.sampled_from(LABEL_DTYPES)), draw(st.sampled_from(LABEL_DTYPES)))
@@ -120,8 +134,8 @@ def circle_specs(draw, compiled=False, self_reference=False):
         n=n,
         d=d,
         m=m,
-        dtype=draw(st.sampled_from(DTYPES)),
-        embeddings=draw(st.sampled_from(EMBEDDINGS)),
+        dtype="float32" if scaled else draw(st.sampled_from(DTYPES)),
+        embeddings=draw(st.sampled_from(EMBEDDINGS + SCALED_EMBEDDINGS if scaled else EMBEDDINGS)),
         layout=draw(st.sampled_from(LAYOUTS)),
         classes=draw(st.integers(2, 5)),
         label_dtypes=label_dtypes,
@@ -162,6 +176,10 @@ def make_embeddings(rng, kind, n, m, d):
     if kind == "identical":
         row = unit_rows(rng, 1, d)
         return np.repeat(row, n, axis=0), np.repeat(row, m, axis=0)
+    if kind in SCALED_EMBEDDINGS:
+        shape = (1, 1) if kind == "one_norm" else (n + m, 1)
+        rows = unit_rows(rng, n + m, d) * 10.0 ** rng.uniform(-3, 2, size=shape)
+        return rows[:n], rows[n:]
     if kind == "basis":
         rows = np.zeros((n + m, d))
         rows[np.arange(n + m), rng.integers(d, size=n + m)] = rng.choice([-1.0, 1.0], size=n + m)
@@ -215,18 +233,24 @@ def loss_and_grads(x, labels, ref, ref_labels, upstream, **circle_kwargs):
 
 
 @functools.cache
-def compiled_loss_and_grads(**circle_kwargs):
-    """One XLA function per configuration, traced once per input signature: the shapes come from
-    JIT_SIZES, so the traces are bounded. (reduce_retracing would relax the labels to unknown
-    rank once it has seen (N,) and (N, 1): test_labels_of_unknown_rank's bug.)"""
+def compiled_loss_and_grads(blocked_hlo=False, **circle_kwargs):
+    """One XLA function per configuration and lowering, traced once per input signature: the
+    shapes come from JIT_SIZES, so the traces are bounded. (reduce_retracing would relax the
+    labels to unknown rank once it has seen (N,) and (N, 1): test_labels_of_unknown_rank's
+    bug.) With ``blocked_hlo`` the op compiles to the blocked HLO lowering, which
+    KERAS_MARGIN_XLA_BLOCKED_HLO selects at compile time, so it needs functions of its own."""
+    del blocked_hlo  # Only a part of the cache key.
     return tf.function(functools.partial(loss_and_grads, **circle_kwargs), jit_compile=True)
 
 
-def evaluate(spec, inputs, implementation, dtype=None, compiled=False, labels=None):
+def evaluate(
+    spec, inputs, implementation, dtype=None, compiled=False, labels=None, blocked_hlo=False
+):
     """(loss, [grad_x] or [grad_x, grad_ref]) as float64 arrays.
 
     ``dtype`` overrides the case's dtype (to evaluate a reference in the compute dtype) and
-    ``labels`` the case's (labels, ref_labels).
+    ``labels`` the case's (labels, ref_labels); ``blocked_hlo`` compiles the blocked HLO
+    lowering where XLA on the CPU would call the CPU engine.
     """
     dtype = dtype or spec.dtype
     labels, ref_labels = labels or (inputs.labels, inputs.ref_labels)
@@ -237,17 +261,18 @@ def evaluate(spec, inputs, implementation, dtype=None, compiled=False, labels=No
         implementation=implementation,
     )
     fn = (
-        compiled_loss_and_grads(**kwargs)
+        compiled_loss_and_grads(blocked_hlo, **kwargs)
         if compiled
         else functools.partial(loss_and_grads, **kwargs)
     )
-    loss, grads = fn(
-        tf.constant(inputs.x, dtype),
-        tf.constant(labels),
-        None if inputs.ref is None else tf.constant(inputs.ref, dtype),
-        None if ref_labels is None else tf.constant(ref_labels),
-        tf.constant(inputs.upstream, dtype),
-    )
+    with blocked_hlo_forced(blocked_hlo):
+        loss, grads = fn(
+            tf.constant(inputs.x, dtype),
+            tf.constant(labels),
+            None if inputs.ref is None else tf.constant(inputs.ref, dtype),
+            None if ref_labels is None else tf.constant(ref_labels),
+            tf.constant(inputs.upstream, dtype),
+        )
     as_f64 = [tf.cast(t, tf.float64).numpy() for t in (loss, *grads)]
     return as_f64[0], as_f64[1:]
 
@@ -490,3 +515,37 @@ def test_labels_of_unknown_rank(implementation):
         lambda labels: circle(labels, x), input_signature=[tf.TensorSpec(None, tf.int64)]
     )
     np.testing.assert_allclose(compiled(labels), circle(labels, x), rtol=1e-6)
+
+
+def contract_check(spec, inputs, modes):
+    """The fused op through each of ``modes`` against float64, next to the composite path."""
+    reference = float64_circle(
+        flat(inputs.labels),
+        inputs.x,
+        flat(inputs.ref_labels),
+        inputs.ref,
+        gamma=spec.gamma,
+        margin=spec.margin,
+        remove_diagonal=spec.remove_diagonal,
+        upstream=inputs.upstream,
+    )
+    composite = evaluate(spec, inputs, "composite")
+    for mode in modes:
+        fused = evaluate(
+            spec, inputs, "fused", compiled=mode != "eager", blocked_hlo=mode == "jit-hlo"
+        )
+        assert_meets_contract(fused, composite, reference, f"fused, {mode}")
+
+
+@settings(max_examples=budget(1.0))
+@given(spec=circle_specs(scaled=True))
+def test_fused_meets_the_accuracy_contract(spec):
+    log_events(spec, kink=False)
+    contract_check(spec, build(spec), ["eager"])
+
+
+@settings(max_examples=budget(0.25))
+@given(spec=circle_specs(compiled=True, scaled=True))
+def test_compiled_fused_meets_the_accuracy_contract(spec):
+    log_events(spec, kink=False)
+    contract_check(spec, build(spec), ["jit", "jit-hlo"])
