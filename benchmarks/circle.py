@@ -8,6 +8,8 @@ Every configuration runs in a fresh Python process, so that its peak resident me
     python benchmarks/circle.py --quick         # N = 1024, 4096, D = 128, fewer repeats
     python benchmarks/circle.py --n 4096 16384 --d 128 --modes fused:function keras:jit
     python benchmarks/circle.py --n 4096 --d 128 --modes fused:jit keras:jit --rounds 3
+    python benchmarks/circle.py --n 4096 --d 128 --modes fused:jit --rounds 3 \
+        --compare-with before=../before   # another checkout with its own built op, interleaved
 
 Modes are IMPL:STYLE with IMPL in {keras, fused, fused-hlo, fused-ref, matmul} and STYLE in
 {eager, function, jit}; ``fused-hlo`` is ``fused`` with the blocked HLO lowering forced where
@@ -207,13 +209,19 @@ def _worker(mode: str, n: int, d: int, repeats: int) -> dict:
 # ----------------------------------------------------------------------------- driver side
 
 
-def run_config(mode: str, n: int, d: int, repeats: int, timeout: float) -> dict:
+def run_config(
+    mode: str, n: int, d: int, repeats: int, timeout: float, checkout: str | None = None
+) -> dict:
+    """One configuration in a fresh process, importing keras_margin from ``checkout`` (a
+    source tree with its op built) instead of the installed package when given."""
     est = estimated_bytes(mode, n)
     if est is not None and est > MEMORY_FRACTION * _mem_total_bytes():
         return {"skipped": f"OOM (est. {est / 2**30:.0f} GiB)"}
     cmd = [sys.executable, __file__, "--worker", mode, str(n), str(d), str(repeats)]
     backend = "jax" if mode.split(":")[0].endswith("-jax") else "tensorflow"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend)
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -327,6 +335,34 @@ def render(rows: list[str], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_comparison(label: str, compared: list, argv: list[str], no_write: bool) -> None:
+    """This checkout's and ``label``'s medians side by side, from one interleaved run."""
+    rows = []
+    for (mode, n, d), mine, theirs in compared:
+        impl, style = mode.split(":")
+        if "skipped" in mine or "skipped" in theirs:
+            rows.append(f"| {n} | {d} | {impl} | {style} | {mine.get('skipped', '')} "
+                        f"| {theirs.get('skipped', '')} | |")  # fmt: skip
+            continue
+        rows.append(
+            f"| {n} | {d} | {impl} | {style} | {mine['median_s']:.3f} | {theirs['median_s']:.3f} "
+            f"| {theirs['median_s'] / mine['median_s']:.2f} |"
+        )
+    body = render(rows, argv).split("\n| N |")[0] + (
+        f"\n- `{label}`: the checkout given to `--compare-with`, run in alternation with this "
+        f"one; ratio = {label} / this checkout (above 1: this checkout is faster).\n\n"
+        f"| N | D | implementation | mode | this checkout (s) | {label} (s) | ratio |\n"
+        "|---:|---:|---|---|---:|---:|---:|\n" + "\n".join(rows) + "\n"
+    )
+    if no_write:
+        print(body)
+        return
+    from results import write_section
+
+    write_section(f"{SECTION}: this checkout against {label}", body)
+    print(body)
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--worker"]:
         mode, n, d, repeats = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
@@ -344,22 +380,51 @@ def main(argv: list[str]) -> None:
         "--rounds", type=int, default=1, help="interleaved passes over all configurations"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--compare-with",
+        metavar="LABEL=DIR",
+        help="also run every configuration with the keras_margin of the checkout DIR (its op "
+        "built in place), interleaved with this one, and write the ratios to their own section",
+    )
     args = parser.parse_args(argv)
+    other = None
+    if args.compare_with:
+        label, _, directory = args.compare_with.partition("=")
+        if not label or not os.path.isdir(os.path.join(directory, "keras_margin")):
+            parser.error("--compare-with: expected LABEL=DIR, DIR a checkout of keras_margin")
+        other = (label, os.path.abspath(directory))
 
     sizes = args.n or ([1024, 4096] if args.quick else [2**k for k in range(10, 17)])
     dims = args.d or ([128] if args.quick else [128, 512])
     configs = [(mode, n, d) for d in dims for n in sizes for mode in args.modes]
-    passes = {config: [] for config in configs}
-    # Passes interleave the configurations, so that a slow spell of the machine touches all of
-    # them instead of a few (timings here drift by tens of percent within minutes).
+    checkouts = [None] + ([other[1]] if other else [])
+    passes = {(config, c): [] for config in configs for c in checkouts}
+    # Passes interleave the configurations (and the checkouts, in alternating order), so that
+    # a slow spell of the machine touches all of them instead of a few (timings here drift by
+    # tens of percent within minutes).
     for p in range(args.rounds):
         for mode, n, d in configs:
-            repeats = args.repeats or (3 if args.quick or n >= 32768 else 5)
-            r = run_config(mode, n, d, repeats, args.timeout)
-            passes[(mode, n, d)].append(r)
-            shown = r.get("skipped") or (f"{r['median_s']:.3f} s, peak {_gib(r['peak_bytes'])} GiB")
-            print(f"pass {p + 1} N={n:6d} D={d:4d} {mode:16s} {shown}", flush=True)
-    results = [(mode, n, d, combine_passes(passes[(mode, n, d)])) for mode, n, d in configs]
+            for checkout in checkouts if p % 2 == 0 else checkouts[::-1]:
+                repeats = args.repeats or (3 if args.quick or n >= 32768 else 5)
+                r = run_config(mode, n, d, repeats, args.timeout, checkout)
+                passes[((mode, n, d), checkout)].append(r)
+                shown = r.get("skipped") or (
+                    f"{r['median_s']:.3f} s, peak {_gib(r['peak_bytes'])} GiB"
+                )
+                where = "" if checkout is None else f" [{other[0]}]"
+                print(f"pass {p + 1} N={n:6d} D={d:4d} {mode:16s}{where} {shown}", flush=True)
+    results = [(m, n, d, combine_passes(passes[((m, n, d), None)])) for m, n, d in configs]
+    if other:
+        compared = [
+            (
+                config,
+                combine_passes(passes[(config, None)]),
+                combine_passes(passes[(config, other[1])]),
+            )
+            for config in configs
+        ]
+        _write_comparison(other[0], compared, argv, args.no_write)
+        return
     # benchmarks/results.py (shared) rewrites one section and keeps the others.
     from results import RESULTS, write_section
 
