@@ -57,6 +57,27 @@ def export_loss(function):
     return register
 
 
+class _ProcessWideOptIn:
+    """What ``use_builtin_names()`` returns: an object that refuses to be a context manager."""
+
+    def __enter__(self):
+        raise TypeError(
+            "keras_margin.use_builtin_names() is a process-wide opt-in with no scoped (`with`) "
+            "form: Keras looks a compiled loss string up at the first `fit` or `evaluate`, "
+            "after such a block would have ended. Call keras_margin.use_builtin_names() on its "
+            "own, and keras_margin.restore_builtin_names() to end it. This call has turned the "
+            "opt-in on; it stays on until restore_builtin_names()."
+        )
+
+    # Python looks up both methods before it calls `__enter__`; without this one the
+    # with-statement would fail with its own message instead.
+    def __exit__(self, *exc_info):
+        return False
+
+    def __repr__(self):
+        return "<keras_margin.use_builtin_names(): ended by keras_margin.restore_builtin_names()>"
+
+
 def use_builtin_names():
     """Makes Keras's plain loss names resolve to keras_margin's implementations, until
     ``restore_builtin_names()``.
@@ -73,10 +94,19 @@ def use_builtin_names():
     the first ``fit`` or ``evaluate``, not in ``compile``, so it must still be on then. A model
     compiled with a plain string stores only that string, so a process that reloads it
     resolves the name with the opt-in of that process. Calling it again changes nothing.
+
+    ``with keras_margin.use_builtin_names():`` raises a ``TypeError`` that says so. The call
+    before ``with`` has already turned the opt-in on, and it stays on, as after any other call:
+    undoing it could end an opt-in that other code had turned on, and only
+    ``restore_builtin_names()`` ends it.
+
+    Returns:
+        An object whose only use is to make the ``with`` form raise that ``TypeError``.
     """
     for name, obj in _BUILTIN_NAMES.items():
         _KERAS_ENTRIES.setdefault(name, LOSS_NAME_TABLE.get(name, _ABSENT))
         LOSS_NAME_TABLE[name] = obj
+    return _ProcessWideOptIn()
 
 
 def restore_builtin_names():

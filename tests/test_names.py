@@ -80,8 +80,16 @@ def test_use_builtin_names_trains_with_keras_margin_until_restored():
 
 def test_the_scoped_form_is_refused_rather_than_silently_ignored():
     # A `with` block would end before Keras resolves the string at fit; the opt-in is a call.
+    entered = False
     try:
-        with pytest.raises(TypeError, match="context manager"), keras_margin.use_builtin_names():
-            pass
+        with pytest.raises(TypeError) as raised, keras_margin.use_builtin_names():
+            entered = True
+        message = str(raised.value)
+        assert not entered
+        assert "process-wide" in message and "no scoped (`with`) form" in message
+        assert "use_builtin_names()" in message and "restore_builtin_names()" in message
+        # The call before `with` turned the opt-in on, as the message and docstring say.
+        assert resolve("Circle") is losses.Circle
     finally:
         keras_margin.restore_builtin_names()
+    assert resolve("Circle") is keras.losses.Circle

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_margin._keras_internals import get_keras_mask
+from keras_margin.losses.labels import class_id_tensor
 from keras_margin.losses.reduction import reduce_losses, validate_reduction
 
 
@@ -155,4 +156,4 @@ class ClassIdLoss(MarginLoss):
     def convert_labels(self, y_true):
         # The loss function checks and converts them; casting here to the loss dtype could
         # round large ids (bfloat16 holds integers exactly only up to 256).
-        return ops.convert_to_tensor(y_true)
+        return class_id_tensor(y_true, "y_true")

@@ -92,7 +92,8 @@ def circle(
 
     Args:
         y_true: Integer class ids, shape `[batch_size]` or `[batch_size, 1]`. They are never
-            cast through a float dtype.
+            cast through a float dtype. On JAX without `jax_enable_x64` they must fit int32: a
+            `ValueError` says so where they are still NumPy arrays or Python ints.
         y_pred: L2-normalised embeddings, shape `[batch_size, dim]`.
         ref_labels: Optional integer class ids of the reference set. Defaults to `y_true`.
         ref_embeddings: Optional reference embeddings, shape `[num_refs, dim]`. Defaults to

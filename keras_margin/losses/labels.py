@@ -1,10 +1,58 @@
 """Label conversions shared by the losses."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_margin import backend
 from keras_margin.losses.checks import with_known_rank
+
+
+def _host_integers(labels):
+    """``labels`` as a NumPy integer array if they are integers still on the host (a NumPy
+    array or scalar, a Python int, a list of them), else None."""
+    if isinstance(labels, (list, tuple)):
+        if not all(isinstance(v, (int, np.generic)) for v in keras.tree.flatten(labels)):
+            return None
+    elif not isinstance(labels, (np.ndarray, np.generic, int)):
+        return None
+    values = np.asarray(labels)
+    return values if values.dtype.kind in "iu" else None
+
+
+def _require_ids_fit(values, name):
+    """Raises if the backend would narrow the integer ``values`` onto each other.
+
+    JAX without ``jax_enable_x64`` has no 64-bit integers: it converts int64 and uint64 arrays
+    to int32 and uint32, keeping the low 32 bits, which merges ids 2**32 apart.
+    """
+    bits = np.iinfo(backend.runtime().index_dtype()).bits
+    if values.dtype.itemsize * 8 <= bits or values.size == 0:
+        return
+    stored = np.iinfo(f"{'u' if values.dtype.kind == 'u' else ''}int{bits}")
+    low, high = values.min(), values.max()
+    if low < stored.min or high > stored.max:
+        raise ValueError(
+            f"Argument `{name}` must hold class ids that fit {stored.dtype} ({stored.min} to "
+            f"{stored.max}) on this backend: JAX without `jax_enable_x64` has no 64-bit "
+            f"integers and would merge ids that differ by a multiple of 2**{bits}. Enable it "
+            '(`jax.config.update("jax_enable_x64", True)` before creating any array) or map the '
+            "ids to a dense range (for example `numpy.unique(ids, return_inverse=True)[1]`); "
+            f"received ids from {low} to {high}."
+        )
+
+
+def class_id_tensor(labels, name):
+    """``labels`` as a tensor, host integer ids first checked to stay distinct in it.
+
+    Only ids still on the host can be checked: an array JAX has converted (in ``fit``, under
+    ``jax.jit``) is int32 already. Python ints become NumPy's int64, as on every backend.
+    """
+    values = _host_integers(labels)
+    if values is not None:
+        _require_ids_fit(values, name)
+        labels = values
+    return ops.convert_to_tensor(labels)
 
 
 def signed_ids(labels):
@@ -28,7 +76,8 @@ def class_ids(labels, name="y_true"):
     """Integer class ids from ``labels``, and which of them are valid (None if all are).
 
     Integer labels are used as they are, int64 included, so that no id wraps around; other
-    integer dtypes become int64 (see ``signed_ids``). Float
+    integer dtypes become int64 (see ``signed_ids``). Ids still on the host that the backend
+    cannot hold apart (beyond int32 on JAX without ``jax_enable_x64``) raise. Float
     labels, which Keras accepts, must hold whole numbers: they are converted straight to int64,
     never through the loss's float dtype (which could round an id such as 257 in bfloat16),
     and a fractional or non-finite one is marked invalid.
@@ -37,7 +86,7 @@ def class_ids(labels, name="y_true"):
         labels: Integer (or whole-valued float) class ids.
         name: Argument name used in error messages.
     """
-    labels = ops.convert_to_tensor(labels)
+    labels = class_id_tensor(labels, name)
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if "int" in dtype:
         return signed_ids(labels), None

@@ -14,6 +14,7 @@ REBUILD_COMMAND = "python -m pip install --no-build-isolation --force-reinstall 
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _reason: str | None = None
+_engine_error: str | None = None
 _attempted = False
 
 
@@ -63,37 +64,64 @@ def _load() -> ModuleType:
             f"could not load {LIBRARY_PATH}: {e}; rebuild it with `{REBUILD_COMMAND}`"
         ) from e
     # Now that TF holds the library, ctypes gets the same handle without reloading it.
-    exported = ctypes.CDLL(str(LIBRARY_PATH)).keras_margin_tf_version
-    exported.restype = ctypes.c_char_p
-    if exported().decode() != built_for:
+    if _exported_text("keras_margin_tf_version") != built_for:
         raise CustomOpUnavailableError(f"{LIBRARY_PATH} has inconsistent version records")
     return module
+
+
+def _exported_text(name: str) -> str | None:
+    """What the loaded library's C function ``name`` returns: a string, or None."""
+    try:
+        function = getattr(ctypes.CDLL(str(LIBRARY_PATH)), name)
+    except AttributeError:
+        raise CustomOpUnavailableError(
+            f"{LIBRARY_PATH} has no function {name}: it was built from other keras_margin "
+            f"sources; rebuild it with `{REBUILD_COMMAND}`"
+        ) from None
+    function.restype = ctypes.c_char_p
+    text = function()
+    return None if text is None else text.decode()
 
 
 def load_library() -> ModuleType:
     """The op module from ``tf.load_op_library``; raises CustomOpUnavailableError if unusable.
 
-    The first call does the loading; later calls return the cached module or re-raise the
-    remembered reason.
+    The first call does the loading, which also selects the CPU engine: a
+    ``KERAS_MARGIN_ENGINE_ISA`` that names no build, or one that cannot run here, raises
+    ``ValueError`` (the library's own message, which lists the accepted values), since running
+    another build than the one asked for would silently change every result. Later calls return
+    the cached module or re-raise the remembered error.
     """
-    global _module, _reason, _attempted
+    global _module, _reason, _engine_error, _attempted
     with _lock:
         if not _attempted:
             _attempted = True
             try:
-                _module = _load()
+                module = _load()
+                # The kernels check the variable too, for clients that never import
+                # keras_margin (TF Serving); checked here, the error is a Python exception
+                # before any graph is built.
+                _engine_error = _exported_text("keras_margin_engine_selection_error")
                 from keras_margin.ops import circle
 
                 circle.register_gradient()
+                _module = module
             except CustomOpUnavailableError as e:
                 _reason = str(e)
         if _module is None:
             raise CustomOpUnavailableError(_reason)
+        if _engine_error is not None:
+            raise ValueError(_engine_error)
         return _module
 
 
 def custom_op_available() -> bool:
-    """Whether the fused op library can be used (loads it on first call)."""
+    """Whether the fused op library can be used (loads it on first call).
+
+    Raises:
+        ValueError: ``KERAS_MARGIN_ENGINE_ISA`` names an engine that cannot run (see
+            ``engine_isa``).
+    """
     try:
         load_library()
     except CustomOpUnavailableError:
@@ -110,11 +138,17 @@ def engine_isa() -> str:
     """The instruction set of the CPU engine the op runs: ``"avx512"``, ``"avx2"`` or
     ``"portable"``.
 
-    The engine is built for AVX-512 as well, in its own library, which the op uses on CPUs
-    that have AVX-512; ``KERAS_MARGIN_ENGINE_ISA=baseline``, set before the first Circle call,
-    keeps the op library's own build. Raises CustomOpUnavailableError if the op is unusable.
+    The op library's own build is AVX2 (``"portable"`` when built without AVX2); on x86-64 the
+    engine is built for AVX-512 as well, in its own library, which the op uses on CPUs that
+    have AVX-512. ``KERAS_MARGIN_ENGINE_ISA``, set before the op library loads (the first
+    Circle call), picks one instead: one of these three names, or ``"baseline"`` for the op
+    library's own build.
+
+    Raises:
+        CustomOpUnavailableError: The op is unusable.
+        ValueError: ``KERAS_MARGIN_ENGINE_ISA`` is not one of those values, or names a build
+            that cannot run here (``"avx512"`` on a CPU without AVX-512, or a build the op
+            library does not hold).
     """
     load_library()
-    isa = ctypes.CDLL(str(LIBRARY_PATH)).keras_margin_engine_isa
-    isa.restype = ctypes.c_char_p
-    return isa().decode()
+    return _exported_text("keras_margin_engine_isa")

@@ -7,7 +7,7 @@ import pytest
 from keras_margin import losses
 
 from .cases import unit_rows
-from .harness import MODES, evaluate, value_and_gradient
+from .harness import BACKEND, CIRCLE_IMPLEMENTATIONS, MODES, evaluate, value_and_gradient
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -27,6 +27,49 @@ def test_class_ids_are_never_rounded_through_the_loss_dtype(rng, mode):
     gce = losses.CategoricalGeneralizedCrossEntropy(q=0.5, dtype="bfloat16", reduction="none")
     values = evaluate(lambda y, p: gce(y, p), mode, np.array([257, 256]), probs)
     np.testing.assert_allclose(values.astype("float32"), 2 * (1 - np.sqrt([0.5, 0.25])), rtol=1e-2)
+
+
+# Ids 2**32 apart, which Keras (and JAX without x64) merge onto their low 32 bits.
+WIDE_IDS = [0, 2**32, 1, 2**32 + 1, 2**32, 1]
+DENSE_IDS = [0, 2, 1, 3, 2, 1]
+MERGED_IDS = [0, 0, 1, 1, 0, 1]
+
+
+def wide_ids_circle(argument, implementation, rng):
+    """The per-row Circle loss as a function of the class ids passed as ``argument``."""
+    x, ref = unit_rows(rng, 6, 5), unit_rows(rng, 6, 5)
+    if argument == "y_true":
+        loss = losses.Circle(gamma=16.0, implementation=implementation, reduction="none")
+        return lambda ids: loss(ids, x)
+    # Anchor ids that mean the same among the wide and the dense reference ids.
+    anchors = np.array([0, 1, 0, 1, 1, 0])
+    return lambda ids: losses.circle(
+        anchors, x, ids, ref, gamma=16.0, implementation=implementation
+    )
+
+
+@pytest.mark.parametrize("form", ["int64", "list"])
+@pytest.mark.parametrize("argument", ["y_true", "ref_labels"])
+@pytest.mark.parametrize("implementation", CIRCLE_IMPLEMENTATIONS)
+def test_circle_ids_beyond_int32_stay_distinct_or_raise(rng, implementation, argument, form):
+    # Eager calls with host ids; jax.jit and fit convert them before keras_margin sees them.
+    circle = wide_ids_circle(argument, implementation, rng)
+    wide = np.array(WIDE_IDS, "int64") if form == "int64" else WIDE_IDS
+    dense = np.asarray(circle(np.array(DENSE_IDS)))
+    assert not np.allclose(np.asarray(circle(np.array(MERGED_IDS))), dense)
+    if BACKEND == "jax":
+        import jax
+
+        with pytest.raises(ValueError) as raised:
+            circle(wide)
+        message = str(raised.value)
+        assert f"`{argument}` must hold class ids that fit int32" in message
+        assert "jax_enable_x64" in message and "dense range" in message
+        # With x64 the same ids are int64 and stay distinct.
+        with jax.enable_x64(True):
+            np.testing.assert_allclose(np.asarray(circle(wide)), dense, rtol=1e-6)
+    else:
+        np.testing.assert_allclose(np.asarray(circle(wide)), dense, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -71,6 +71,12 @@ void CircleBackward(const CircleProblem<Acc>& problem, const TaskRunner& run,
                     const Acc* grad_loss, const Acc* lse_pos,
                     const Acc* lse_neg, Acc* grad_x, Acc* grad_ref);
 
+// Why the build that KERAS_MARGIN_ENGINE_ISA names cannot run (an unknown name,
+// or a build this CPU or this library lacks), or nullptr when the engine can
+// run. Callers check it before CircleForward and CircleBackward, which have no
+// engine to call otherwise.
+const char* EngineSelectionError();
+
 extern template void CircleForward<float>(const CircleProblem<float>&,
                                           const TaskRunner&, float*, float*,
                                           float*);

@@ -79,6 +79,14 @@ struct TensorLabels : CompactLabels<Tlabel> {
                               ref_labels.NumElements(), self_reference) {}
 };
 
+// A KERAS_MARGIN_ENGINE_ISA that cannot be honoured fails every call, so that
+// no client (TF Serving included) silently runs another build than it asked for.
+tensorflow::Status CheckEngineSelection() {
+  const char* error = EngineSelectionError();
+  return error == nullptr ? tensorflow::Status()
+                          : tensorflow::errors::InvalidArgument(error);
+}
+
 template <typename T, typename Tlabel>
 class CircleKernelBase : public OpKernel {
  protected:
@@ -132,6 +140,7 @@ class CircleLossOp : public CircleKernelBase<T, Tlabel> {
     const Tensor& labels = ctx->input(1);
     const Tensor& ref = ctx->input(2);
     const Tensor& ref_labels = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckEngineSelection());
     OP_REQUIRES_OK(ctx,
                    ValidateCircleInputs(x.shape(), labels.shape(), ref.shape(),
                                         ref_labels.shape(),
@@ -179,6 +188,7 @@ class CircleLossGradOp : public CircleKernelBase<T, Tlabel> {
     const Tensor& lse_pos = ctx->input(6);
     const Tensor& lse_neg = ctx->input(7);
     const bool self_reference = this->attrs_.self_reference;
+    OP_REQUIRES_OK(ctx, CheckEngineSelection());
     OP_REQUIRES_OK(ctx, ValidateCircleInputs(x.shape(), labels.shape(),
                                              ref.shape(), ref_labels.shape(),
                                              self_reference));

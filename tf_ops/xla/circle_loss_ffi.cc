@@ -215,11 +215,15 @@ ffi::Error Dispatch(const Inputs& in, Fn&& fn) {
 }
 
 // Runs body(n, m, acc) on inputs that passed CheckInputs, for n rows of x, m
-// of ref and the accumulation type acc. The engine may allocate; nothing may
-// unwind through the C FFI boundary.
+// of ref and the accumulation type acc, unless KERAS_MARGIN_ENGINE_ISA names a
+// build that cannot run (the CPU kernels refuse it too). The engine may
+// allocate; nothing may unwind through the C FFI boundary.
 template <typename Body>
 ffi::Error CheckedCall(const Inputs& in, Body&& body) {
   try {
+    if (const char* error = EngineSelectionError()) {
+      return ffi::Error::InvalidArgument(error);
+    }
     const ffi::DataType acc = in.x.element_type();
     if (ffi::Error e = CheckInputs(in, acc); e.failure()) return e;
     return body(in.x.dimensions()[0], in.ref.dimensions()[0], acc);
