@@ -97,6 +97,12 @@ def test_forward_rejects_bad_shapes(op_lib, mode, shapes):
         )
 
 
+def lse_shape_error(name, got):
+    """The message for a log-sum-exp state of shape [got] where [4, 2] is expected."""
+    expected = r"must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\)"
+    return rf"{name} {expected}, got shape \[{got}\]"
+
+
 # The gradient op's own inputs (grad_loss, lse_pos, lse_neg shapes) for N = 4, and the
 # checks it shares with the forward op.
 GRAD_SHAPE_ERRORS = [
@@ -108,28 +114,28 @@ GRAD_SHAPE_ERRORS = [
         [4],
         [4, 2],
         None,
-        r"lse_pos must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[4\]",
+        lse_shape_error("lse_pos", "4"),
     ),
     (
         [4],
         [5, 2],
         [4, 2],
         None,
-        r"lse_pos must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[5,2\]",
+        lse_shape_error("lse_pos", "5,2"),
     ),
     (
         [4],
         [4, 2],
         [],
         None,
-        r"lse_neg must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[\]",
+        lse_shape_error("lse_neg", ""),
     ),
     (
         [4],
         [4, 2],
         [4, 3],
         None,
-        r"lse_neg must have shape \[N, 2\] = \[4, 2\] \(the forward op's output\), got shape \[4,3\]",
+        lse_shape_error("lse_neg", "4,3"),
     ),
     ([4], [4, 2], [4, 2], ([4], [4], [4, 3], [4]), r"embeddings must have rank 2"),
     ([4], [4, 2], [4, 2], ([4, 3], [4, 1], [4, 3], [4]), r"(?<!_)labels must have rank 1"),
