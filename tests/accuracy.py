@@ -158,9 +158,13 @@ def contract_report(got, composite, reference, extra_floor=0.0, recomputed=False
     return report
 
 
-def assert_meets_contract(got, composite, reference, what, extra_floor=0.0, recomputed=False):
+def assert_meets_contract(
+    got, composite, reference, what, extra_floor=0.0, recomputed=False, check_grads=True
+):
+    """``check_grads=False`` compares the loss only: at the distance clamp's kink (a
+    similarity within rounding of 1) the gradient jumps, and rounding picks its side."""
     report = contract_report(got, composite, reference, extra_floor, recomputed)
-    for name, error, allowed in report:
+    for name, error, allowed in report if check_grads else report[:1]:
         assert error <= allowed, (
             f"{what}: {name} error {error:.3g} against float64, allowed {allowed:.3g} (10x the "
             "composite path's, or the float32 rounding of the logits)"
