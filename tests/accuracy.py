@@ -210,6 +210,12 @@ def case(name):
     elif name == "duplicates-d-1":  # D = 1: every similarity is a product of two numbers
         x, labels = rng.choice([-2.0, -0.5, 0.5, 1.0, 3.0], size=(70, 1)), rng.integers(0, 3, 70)
         kwargs.update(gamma=1e-3, margin=0.0, remove_diagonal=False)
+    elif name == "norms-30-to-100-gamma-1":
+        # Logits near 1e7: an ulp of a similarity moves a pair's weight by tens of percent, so a
+        # pair must have the same similarity for both of its rows (the GEMM's rounding of
+        # x_i . x_j and x_j . x_i can differ within one tile).
+        x, labels = rows(rng, 100, 16, rng.uniform(30, 100, 100)), rng.integers(0, 2, 100)
+        kwargs.update(gamma=1.0, margin=0.0)
     elif name == "d-3000":
         x, labels = rows(rng, 48, 3000, mixed_norms(48)), rng.integers(0, 4, 48)
         kwargs.update(gamma=256.0, margin=0.25)
@@ -228,5 +234,6 @@ CASES = [
     "norm-100-margin-1",
     "norms-1e-3-to-100-margin-minus-1",
     "duplicates-d-1",
+    "norms-30-to-100-gamma-1",
     "d-3000",
 ]

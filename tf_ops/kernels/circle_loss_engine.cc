@@ -728,6 +728,21 @@ class CircleEngine {
     sum += tile_sum * std::exp(ref - max);
   }
 
+  // The tile's similarities. On a diagonal tile of the symmetric kernel the
+  // backward takes both directions of a pair from entry (i, j), but the GEMM
+  // may round x_i . x_j and x_j . x_i differently (Eigen sums row panels of
+  // different heights in different orders), so the forward would give row j
+  // a log-sum-exp of a logit the backward never sees. With logits near 1e6
+  // (rows of norm 50) one ulp of a similarity moves a dominant pair's weight
+  // by 25%. Both passes therefore read the lower triangle from the upper one.
+  void TileSimilarity(const Span& rs, const Span& cs, Acc* s) const {
+    products_.Similarity(rs.begin, rs.size, cs.begin, cs.size, s);
+    if (!p_.self_reference || rs.begin != cs.begin) return;
+    for (int64_t r = 1; r < rs.size; ++r) {
+      for (int64_t c = 0; c < r; ++c) s[r * cs.size + c] = s[c * cs.size + r];
+    }
+  }
+
   template <bool kCols>
   void ForwardTile(int64_t row_block, int64_t col_block) {
     using W = typename Wide<Acc>::type;
@@ -746,7 +761,7 @@ class CircleEngine {
     Acc* csn = csp + cols;
     std::fill(cmp, cmp + 2 * cols, kNegInf<Acc>);
     std::fill(csp, csp + 2 * cols, Acc(0));
-    products_.Similarity(rs.begin, rs.size, cs.begin, cols, s);
+    TileSimilarity(rs, cs, s);
     const int32_t* rl = ref_labels_ + cs.begin;
 
     for (int64_t r = 0; r < rs.size; ++r) {
@@ -964,7 +979,7 @@ class CircleEngine {
     const int64_t dim = p_.dim;
     std::unique_ptr<Acc[]> buf(new Acc[rs.size * cs.size]);
     Acc* g = buf.get();
-    products_.Similarity(rs.begin, rs.size, cs.begin, cs.size, g);
+    TileSimilarity(rs, cs, g);
     Acc* gx_rows = grad_x_ + rs.begin * dim;
     if (!p_.self_reference) {
       GradTile<false>(rs, cs, g);
