@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 import keras_margin
@@ -174,10 +174,22 @@ def assert_matches_keras(spec):
     tol = TOLERANCE[spec.dtype]
     for name, a, b in (("value", value, theirs[0]), ("gradient", grad, theirs[1])):
         assert a.shape == b.shape, name
+        rtol = tol
         if name == "gradient":
             a, b = a[comparable], b[comparable]
+            if spec.loss == "gce":
+                rtol = tol * (1.0 + pow_condition(spec.q, y_pred[comparable]))
         scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, err_msg=name)
+        off = ~np.isclose(a, b, rtol=rtol, atol=tol * scale)
+        assert not off.any(), f"{name}: ours {a[off][:5]}, Keras's {b[off][:5]}"
+
+
+def pow_condition(q, probabilities):
+    """How much GCE's gradient -p^(q - 1) = -exp((q - 1) log p) magnifies the rounding of its
+    exponent: |(q - 1) log p|. Both sides round that exponent in the loss dtype, each its own
+    way, so in float16 at p = 2.7e-4 (exponent -5.5) they differ by 8 ulps of the result."""
+    logs = np.log(np.where(probabilities > 0, probabilities, 1.0))
+    return np.abs((q - 1.0) * logs)
 
 
 def assert_empty_batch(spec, value, grad):
@@ -202,6 +214,22 @@ def log_events(spec):
 
 @settings(max_examples=budget(1.0))
 @given(spec=oracle_specs("gce"))
+# Found by the long run: a float16 gradient of -238 with Keras's and ours 4 ulps on either side
+# of the exact value, farther apart than a condition-blind tolerance allowed.
+@example(
+    spec=OracleSpec(
+        loss="gce",
+        shape=(49, 6),
+        dtype="float16",
+        reduction="sum",
+        weighted=False,
+        hinge_labels=(-1.0, 1.0),
+        label_dtype="int32",
+        q=1 / 3,
+        special=0.0,
+        seed=226,
+    )
+)
 def test_gce_matches_keras(spec):
     log_events(spec)
     assert_matches_keras(spec)
