@@ -68,12 +68,18 @@ def _tiles(ref, ref_labels, width):
     return ref, ref_labels, jnp.arange(tiles) * width
 
 
+def _shift(top):
+    """A row maximum as the shift of its exponentials; a set with no member yet (max -inf)
+    shifts by 0, so that its exp(-inf - shift) is 0 rather than NaN."""
+    return jnp.where(jnp.isfinite(top), top, 0.0)
+
+
 def _online_lse(state, logits, mask):
     """Folds one tile into a running (max, sum of exp(logit - max)) per row."""
     top, total = state
     masked = jnp.where(mask, logits, -jnp.inf)
     new_top = jnp.maximum(top, jnp.max(masked, axis=1))
-    shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
+    shift = _shift(new_top)
     total = total * jnp.exp(top - shift) + jnp.sum(jnp.exp(masked - shift[:, None]), axis=1)
     return new_top, total
 
@@ -92,7 +98,7 @@ def _softmax_weights(state, logits, mask):
     come out above 0; it is capped there, as no weight exceeds 1 / sum. Where the logits reach
     1e11 (norms of 100, gamma 1024) an ulp is 8e3, and the weight would overflow."""
     top, total = state
-    shift = jnp.where(jnp.isfinite(top), top, 0.0)
+    shift = _shift(top)
     below_max = jnp.minimum(logits - shift[:, None], 0.0)
     return jnp.where(mask, jnp.exp(below_max) / total[:, None], 0.0)
 
