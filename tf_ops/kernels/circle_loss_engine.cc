@@ -603,16 +603,16 @@ class CircleEngine {
     std::fill(grad_x, grad_x + n * dim, Acc(0));
     if (!p_.self_reference) std::fill(grad_ref, grad_ref + m_ * dim, Acc(0));
     scale_.resize(n);
-    pos_ref_.resize(n);
-    neg_ref_.resize(n);
+    pos_high_.resize(n);
+    neg_high_.resize(n);
     pos_low_.resize(n);
     neg_low_.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       const double z = static_cast<double>(lse_pos[2 * i]) + lse_pos[2 * i + 1] +
                        lse_neg[2 * i] + lse_neg[2 * i + 1];
       scale_[i] = grad_loss[i] * static_cast<Acc>(Sigmoid(z));
-      Unpack(lse_pos + 2 * i, pos_ref_[i], pos_low_[i]);
-      Unpack(lse_neg + 2 * i, neg_ref_[i], neg_low_[i]);
+      Unpack(lse_pos + 2 * i, pos_high_[i], pos_low_[i]);
+      Unpack(lse_neg + 2 * i, neg_high_[i], neg_low_[i]);
     }
     const Schedule rounds =
         p_.self_reference
@@ -878,18 +878,18 @@ class CircleEngine {
     const int64_t vec_end = cols / kWidth * kWidth;
     const int32_t* rl = ref_labels_ + cs.begin;
     const int64_t j = cs.begin;
-    const Acc *gc = scale_.data() + j, *phc = pos_ref_.data() + j,
-              *plc = pos_low_.data() + j, *nhc = neg_ref_.data() + j,
+    const Acc *gc = scale_.data() + j, *phc = pos_high_.data() + j,
+              *plc = pos_low_.data() + j, *nhc = neg_high_.data() + j,
               *nlc = neg_low_.data() + j;
     for (int64_t r = 0; r < rs.size; ++r) {
       const int64_t i = rs.begin + r;
       const int32_t label = p_.labels[i];
       const int32_t diag = DiagColumn(i, cs.begin, cols);
       Acc* row = s + r * cols;
-      const auto wide = SplatShare<W>(scale_[i], pos_ref_[i], pos_low_[i],
-                                      neg_ref_[i], neg_low_[i]);
-      const auto narrow = SplatShare<Acc>(scale_[i], pos_ref_[i], pos_low_[i],
-                                          neg_ref_[i], neg_low_[i]);
+      const auto wide = SplatShare<W>(scale_[i], pos_high_[i], pos_low_[i],
+                                      neg_high_[i], neg_low_[i]);
+      const auto narrow = SplatShare<Acc>(scale_[i], pos_high_[i], pos_low_[i],
+                                          neg_high_[i], neg_low_[i]);
       int64_t c = 0;
       for (; c < vec_end; c += kWidth) {
         GradLanes<W, Acc, kCols>(k_, row, rl, c, label, diag, wide, gc, phc,
@@ -937,10 +937,10 @@ class CircleEngine {
     const int64_t vec_end = cols / kWidth * kWidth;
     Acc tp, tn;
     // Here +inf marks an empty set.
-    if (!SharedReference(pos_ref_.data() + rs.begin, rs.size,
-                         pos_ref_.data() + cs.begin, cols, kPosInf<Acc>, tp) ||
-        !SharedReference(neg_ref_.data() + rs.begin, rs.size,
-                         neg_ref_.data() + cs.begin, cols, kPosInf<Acc>, tn)) {
+    if (!SharedReference(pos_high_.data() + rs.begin, rs.size,
+                         pos_high_.data() + cs.begin, cols, kPosInf<Acc>, tp) ||
+        !SharedReference(neg_high_.data() + rs.begin, rs.size,
+                         neg_high_.data() + cs.begin, cols, kPosInf<Acc>, tn)) {
       return false;
     }
     std::unique_ptr<Acc[]> buf(new Acc[2 * (cols + rs.size)]);
@@ -948,10 +948,10 @@ class CircleEngine {
     Acc* qn = qp + cols;
     Acc* pp = qn + cols;
     Acc* pn = pp + rs.size;
-    if (!RelativeWeights(pos_ref_, pos_low_, cs.begin, cols, tp, qp) ||
-        !RelativeWeights(neg_ref_, neg_low_, cs.begin, cols, tn, qn) ||
-        !RelativeWeights(pos_ref_, pos_low_, rs.begin, rs.size, tp, pp) ||
-        !RelativeWeights(neg_ref_, neg_low_, rs.begin, rs.size, tn, pn)) {
+    if (!RelativeWeights(pos_high_, pos_low_, cs.begin, cols, tp, qp) ||
+        !RelativeWeights(neg_high_, neg_low_, cs.begin, cols, tn, qn) ||
+        !RelativeWeights(pos_high_, pos_low_, rs.begin, rs.size, tp, pp) ||
+        !RelativeWeights(neg_high_, neg_low_, rs.begin, rs.size, tn, pn)) {
       return false;
     }
     const int32_t* rl = ref_labels_ + cs.begin;
@@ -1009,7 +1009,7 @@ class CircleEngine {
   const int64_t col_block_;
   const TileProducts<Acc> products_;
   std::vector<Acc> max_pos_, max_neg_, sum_pos_, sum_neg_;
-  std::vector<Acc> scale_, pos_ref_, neg_ref_, pos_low_, neg_low_;
+  std::vector<Acc> scale_, pos_high_, neg_high_, pos_low_, neg_low_;
   Acc* grad_x_ = nullptr;
   Acc* grad_ref_ = nullptr;
 };
