@@ -19,10 +19,9 @@ from importlib import metadata
 from pathlib import Path
 
 from keras_margin_cli import config as configs
-from keras_margin_cli import outputs, tensorflow_logs
+from keras_margin_cli import finished, outputs, tensorflow_logs
+from keras_margin_cli.finished import CONFIG_FILE, METRICS_FILE
 
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.toml"
 # Metrics are counts over the test set recomputed from identical predictions; any difference
 # beyond float64 summation noise means the reloaded model is not the trained one.
 REPRODUCTION_TOLERANCE = 1e-9
@@ -114,35 +113,66 @@ def train(args):
     print(f"wrote {out}")
 
 
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _one_line(error):
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
 def evaluate(args):
     out = Path(args.dir)
-    if not (out / METRICS_FILE).is_file():
-        raise CommandError(f"{out}: no {METRICS_FILE}; expected a finished `train` output")
     try:
-        config = configs.load(out / CONFIG_FILE)
+        runs = finished.runs(out)
+        config_file = finished.member(out, CONFIG_FILE)
+    except finished.FinishedOutputError as error:
+        raise CommandError(error) from None
+    try:
+        config = configs.load(config_file)
     except configs.ConfigError as error:
-        raise _config_error(error, out / CONFIG_FILE) from None
+        raise _config_error(error, config_file) from None
     tensorflow_logs.import_tensorflow(args.verbose)
     import keras
 
     from keras_margin_cli import data as datasets
     from keras_margin_cli import experiment
 
-    recorded = json.loads((out / METRICS_FILE).read_text())
-    split = datasets.load(config.data)
-    mismatches = 0
-    for run in recorded["runs"]:
-        model = keras.saving.load_model(out / run["path"] / "model.keras")
-        found = experiment.measure(config, split, experiment.predict(model, split))
+    try:
+        split = datasets.load(config.data)
+    except datasets.DatasetUnavailableError as error:
+        raise CommandError(f"{config_file}: data.source: {error}") from None
+    compared = mismatches = 0
+    for run in runs:
+        # Anything a model file from elsewhere can make Keras raise is a fault of that file;
+        # load_model keeps its safe_mode, so no code in the file runs.
+        try:
+            model = keras.saving.load_model(run.model)
+        except Exception as error:
+            raise CommandError(f"{run.model}: cannot be loaded: {_one_line(error)}") from None
+        try:
+            predictions = experiment.predict(model, split)
+        except Exception as error:
+            raise CommandError(
+                f"{run.model}: cannot predict the test set of {config_file}: {_one_line(error)}"
+            ) from None
+        found = experiment.measure(config, split, predictions)
+        if sorted(found) != sorted(run.metrics):
+            raise CommandError(
+                f"{run.where} records metrics {', '.join(sorted(run.metrics))}; "
+                f"{config_file} measures {', '.join(sorted(found))}"
+            )
         for name, value in found.items():
-            expected = run["metrics"][name]
+            expected = run.metrics[name]
             same = abs(value - expected) <= REPRODUCTION_TOLERANCE
+            compared += 1
             mismatches += not same
             verdict = "reproduced" if same else "MISMATCH"
-            print(f"{run['id']}: {name} {value:.6f} (recorded {expected:.6f}) {verdict}")
+            print(f"{run.id}: {name} {value:.6f} (recorded {expected:.6f}) {verdict}")
+    counted = f"{_plural(compared, 'metric')} of {_plural(len(runs), 'run')} compared"
     if mismatches:
-        raise CommandError(f"{mismatches} metric(s) differ from {out / METRICS_FILE}")
-    print(f"all metrics in {out / METRICS_FILE} reproduced")
+        raise CommandError(f"{mismatches} metric(s) differ from {out / METRICS_FILE} ({counted})")
+    print(f"all metrics in {out / METRICS_FILE} reproduced ({counted})")
 
 
 def bench(args):

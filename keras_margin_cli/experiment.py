@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from keras_margin import export
 from keras_margin_cli import data as datasets
-from keras_margin_cli import metrics
+from keras_margin_cli import finished, metrics
 
 PREDICT_BATCH = 1024  # train and evaluate predict alike, so their metrics agree bit for bit
 # One name for every label form, so that the curves of compared losses share a panel.
@@ -105,7 +105,7 @@ def _label_spec(kind, num_classes):
 
 def save(model, loss, config, directory):
     """``model.keras`` and a SavedModel with ``serve`` and ``compute_loss`` endpoints."""
-    model.save(directory / "model.keras")
+    model.save(directory / finished.MODEL_FILE)
     archive = keras.export.ExportArchive()
     archive.track(model)
     input_spec = tf.TensorSpec([None, model.inputs[0].shape[1]], tf.float32, name="inputs")

@@ -5,7 +5,8 @@ end, so an interrupted or failed run never leaves a folder that looks finished. 
 folder holds ``MARKER``, the list of every file and folder the run wrote. ``--overwrite``
 replaces a folder only when the marker accounts for everything in it, and removes only what
 the marker lists: a folder keras-margin did not write, or files a user added to one, are never
-deleted.
+deleted. The marker itself is not trusted either: a folder whose marker lists a path that could
+leave it (absolute, with a ``..`` part, through a symbolic link) is not replaced at all.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import stat
 import tempfile
 from pathlib import Path
 
+from keras_margin_cli import untrusted
+
 MARKER = ".keras-margin-run.json"
 WRITER = "keras-margin train"
 SHOWN_UNEXPECTED = 3  # how many unexpected entries an error names
+_FOLDER_NO_LINK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class UnsafeOutputError(Exception):
@@ -44,21 +48,51 @@ def _contents(folder):
 
 
 def _recorded(folder):
-    """What the marker in ``folder`` says the run wrote, or None without a valid marker."""
+    """What the marker in ``folder`` says the run wrote, or None without a marker of ours.
+
+    Returns ``{relative path: "file" | "folder"}`` for the listed paths that still exist; an
+    entry the user has since deleted is skipped. Raises ``UnsafeOutputError`` naming the first
+    entry that is not a plain path inside ``folder``, since a marker can be edited or come
+    from someone else.
+    """
     marker = folder / MARKER
     if not marker.is_file() or marker.is_symlink():
         return None
     try:
         document = json.loads(marker.read_text())
-        if document["written_by"] != WRITER:
-            return None
-        return {path: kind for kind in ("file", "folder") for path in document[f"{kind}s"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(document, dict) or document.get("written_by") != WRITER:
+        return None
+    refused = f"--out {folder}: its {MARKER}"
+    advice = "nothing was deleted; check the folder yourself or give another --out"
+    recorded = {}
+    for kind in ("file", "folder"):
+        key = f"{kind}s"
+        if key not in document:
+            raise UnsafeOutputError(f'{refused} has no "{key}" list; {advice}')
+        entries = document[key]
+        if not isinstance(entries, list):
+            found = untrusted.json_type(entries)
+            raise UnsafeOutputError(f'{refused}: "{key}" is {found}, not a list; {advice}')
+        for entry in entries:
+            try:
+                path = untrusted.inside(folder, entry)
+            except untrusted.OutsidePathError as error:
+                raise UnsafeOutputError(
+                    f"{refused} lists {json.dumps(entry)}, which is {error}; {advice}"
+                ) from None
+            if path is not None:
+                recorded[path.relative_to(folder).as_posix()] = kind
+    return recorded
 
 
 def check(out, overwrite):
-    """Raises ``UnsafeOutputError`` unless ``train`` may write its results to ``out``."""
+    """Raises ``UnsafeOutputError`` unless ``train`` may write its results to ``out``.
+
+    Returns what the marker of an earlier run in ``out`` lists, checked: the only paths that
+    replacing it may delete.
+    """
     if out.is_symlink():
         raise UnsafeOutputError(
             f"--out {out} is a symbolic link; give the folder it points to "
@@ -71,12 +105,12 @@ def check(out, overwrite):
             "give a new folder, such as runs/NAME"
         )
     if not out.exists():
-        return
+        return {}
     if not out.is_dir():
         raise UnsafeOutputError(f"--out {out} is a file, not a folder")
     found = _contents(out)
     if not found:
-        return
+        return {}
     recorded = _recorded(out)
     if recorded is None:
         raise UnsafeOutputError(
@@ -96,6 +130,7 @@ def check(out, overwrite):
         )
     if not overwrite:
         raise UnsafeOutputError(f"--out {out} holds an earlier run; add --overwrite to replace it")
+    return recorded
 
 
 def mark(folder):
@@ -119,20 +154,50 @@ def _interrupts_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def _remove_recorded(folder):
-    """Deletes what the marker in ``folder`` lists; leaves ``folder`` if anything else is left."""
-    recorded = _recorded(folder) or {}
-    for path in sorted(recorded, key=lambda p: p.count("/"), reverse=True):
-        target = folder / path
-        with contextlib.suppress(OSError):
-            if recorded[path] == "folder":
-                target.rmdir()  # only once empty: a file nobody recorded keeps its folder
-            elif target.is_file() and not target.is_symlink():
-                target.unlink()
+def _open_folder(parent, names):
+    """A descriptor of the folder ``names`` leads to from the descriptor ``parent``.
+
+    Each step is opened without following a symbolic link, so that a folder swapped for one
+    fails the step (``OSError``) instead of leading elsewhere.
+    """
+    descriptor = os.dup(parent)
+    for name in names:
+        try:
+            child = os.open(name, _FOLDER_NO_LINK, dir_fd=descriptor)
+        finally:
+            os.close(descriptor)
+        descriptor = child
+    return descriptor
+
+
+def _remove_recorded(folder, recorded):
+    """Deletes ``recorded`` (from ``check``) and the marker; ``folder`` too if that empties it.
+
+    The paths were checked on the folder before it was moved here, but it may have changed
+    since: every step goes through descriptors that never follow a link. Returns whether
+    ``folder`` is gone.
+    """
+    try:
+        root = os.open(folder, _FOLDER_NO_LINK)
+    except OSError:
+        return False
+    try:
+        for path in sorted([*recorded, MARKER], key=lambda p: p.count("/"), reverse=True):
+            *parents, name = path.split("/")
+            with contextlib.suppress(OSError):
+                parent = _open_folder(root, parents)
+                try:
+                    if recorded.get(path) == "folder":
+                        os.rmdir(name, dir_fd=parent)  # only once empty: an unlisted file stays
+                    elif stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                        os.unlink(name, dir_fd=parent)
+                finally:
+                    os.close(parent)
+    finally:
+        os.close(root)
     with contextlib.suppress(OSError):
-        (folder / MARKER).unlink()
         folder.rmdir()
-    return not folder.exists()
+    return not os.path.lexists(folder)
 
 
 def _unused_sibling(out, suffix, hidden=False):
@@ -166,7 +231,7 @@ def staged(out, overwrite):
         mark(staging)
         with _interrupts_deferred():
             try:
-                check(out, overwrite)
+                recorded = check(out, overwrite)
             except UnsafeOutputError as error:
                 kept = _unused_sibling(out, "new")
                 staging.rename(kept)
@@ -177,7 +242,7 @@ def staged(out, overwrite):
             replaced = _unused_sibling(out, "replaced", hidden=True)
             out.rename(replaced)
             staging.rename(out)
-            if not _remove_recorded(replaced):
+            if not _remove_recorded(replaced, recorded):
                 raise UnsafeOutputError(
                     f"wrote {out}, but files added to the old {out} during the run are in "
                     f"{replaced}"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,8 @@ def test_a_recorded_folder_replaced_by_a_link_is_not_followed(tmp_path, capsys, 
     (run / "runs" / "a" / "saved_model" / "saved_model.pb").unlink()
     (run / "runs" / "a" / "saved_model").rmdir()
     (run / "runs" / "a" / "saved_model").symlink_to(precious)
-    assert "did not write (runs/a/saved_model)" in refused(capsys, "--out", str(run), "--overwrite")
+    error = refused(capsys, "--out", str(run), "--overwrite")
+    assert "a path through a symbolic link (runs/a/saved_model)" in error
     assert (precious / "keep.txt").read_text() == "mine"
 
 
@@ -131,6 +133,114 @@ def test_symbolic_links_and_files_are_refused(tmp_path, capsys, no_training):
     assert (tmp_path / "file.txt").read_text() == "mine"
 
 
+def with_marker(tmp_path, **lists):
+    """An --out holding a folder ``sub`` and a marker of ours with ``lists``, beside a victim.
+
+    The marker lists ``sub`` unless told otherwise, so that the folder's contents match it and
+    only the listed paths themselves can be the reason for a refusal.
+    """
+    (tmp_path / "victim.txt").write_text("precious")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    document = {"written_by": outputs.WRITER, "files": [], "folders": ["sub"], **lists}
+    (out / outputs.MARKER).write_text(json.dumps(document))
+    return out
+
+
+@pytest.mark.parametrize(
+    "entry, reason",
+    [
+        ("../victim.txt", "a path with a .. part"),
+        ("{tmp_path}/victim.txt", "an absolute path"),
+        ("sub/../../victim.txt", "a path with a .. part"),
+    ],
+    ids=["parent", "absolute", "through a sub-folder"],
+)
+def test_a_marker_listing_a_path_outside_out_deletes_nothing(
+    tmp_path, capsys, no_training, entry, reason
+):
+    entry = entry.format(tmp_path=tmp_path)
+    out = with_marker(tmp_path, files=[entry])
+    before = snapshot(tmp_path)
+    error = refused(capsys, "--out", str(out), "--overwrite")
+    assert f"{outputs.MARKER} lists {json.dumps(entry)}, which is {reason}; nothing" in error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "link, target, entry",
+    [("link", "victim.txt", "link"), ("up", ".", "up/victim.txt")],
+    ids=["the entry", "a folder on the way"],
+)
+def test_a_marker_listing_a_symbolic_link_deletes_nothing(
+    tmp_path, capsys, no_training, link, target, entry
+):
+    out = with_marker(tmp_path, files=[entry])
+    (out / link).symlink_to(tmp_path / target)
+    before = snapshot(tmp_path)
+    error = refused(capsys, "--out", str(out), "--overwrite")
+    assert f"lists {json.dumps(entry)}, which is a path through a symbolic link ({link})" in error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "lists, complaint",
+    [
+        ({"files": "../victim.txt"}, '"files" is a string, not a list'),
+        ({"folders": {"../victim.txt": "folder"}}, '"folders" is an object, not a list'),
+        ({"files": [["../victim.txt"]]}, 'lists ["../victim.txt"], which is a list, not a path'),
+        ({"files": [7]}, "lists 7, which is a number, not a path"),
+        ({"files": [""]}, 'lists "", which is not a path to a file or folder'),
+        ({"folders": None}, '"folders" is null, not a list'),
+    ],
+    ids=["string", "object", "nested list", "number", "empty", "null"],
+)
+def test_a_marker_of_the_wrong_types_deletes_nothing(
+    tmp_path, capsys, no_training, lists, complaint
+):
+    out = with_marker(tmp_path, **lists)
+    before = snapshot(tmp_path)
+    assert complaint in refused(capsys, "--out", str(out), "--overwrite")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_marker_changed_during_the_run_deletes_nothing(tmp_path):
+    (tmp_path / "victim.txt").write_text("precious")
+    run = fake_run(tmp_path / "run")
+    recorded = json.loads((run / outputs.MARKER).read_text())
+    kept = r"lists \"\.\./victim\.txt\".*this run's results are in .*run\.new"
+    with pytest.raises(outputs.UnsafeOutputError, match=kept), outputs.staged(run, True) as staging:
+        (staging / "new.txt").write_text("new")
+        recorded["files"].append("../victim.txt")
+        (run / outputs.MARKER).write_text(json.dumps(recorded))
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+    assert (run / "runs" / "a" / "saved_model" / "saved_model.pb").read_bytes() == b"pb"
+    assert sorted(os.listdir(tmp_path)) == ["run", "run.new", "victim.txt"]
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(tmp_path, monkeypatch):
+    """The last check and the replacement are separate steps; nothing between them can steer it."""
+    elsewhere = tmp_path / "elsewhere" / "saved_model"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "saved_model.pb").write_bytes(b"mine")
+    run = fake_run(tmp_path / "run")
+    checked = outputs.check
+
+    def check_then_swap(out, overwrite):
+        recorded = checked(out, overwrite)
+        shutil.rmtree(out / "runs" / "a")
+        (out / "runs" / "a").symlink_to(elsewhere.parent)
+        return recorded
+
+    monkeypatch.setattr(outputs, "check", check_then_swap)
+    left = r"files added to the old .*run during the run are in .*\.run\.replaced"
+    with pytest.raises(outputs.UnsafeOutputError, match=left), outputs.staged(run, True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert (elsewhere / "saved_model.pb").read_bytes() == b"mine"
+    assert (run / "new.txt").read_text() == "new"
+    assert snapshot(tmp_path / ".run.replaced") == {"runs": None, "runs/a": None}
+
+
 def test_an_earlier_run_needs_overwrite(tmp_path, capsys, no_training):
     run = fake_run(tmp_path / "run")
     assert "holds an earlier run; add --overwrite" in refused(capsys, "--out", str(run))
@@ -138,7 +248,9 @@ def test_an_earlier_run_needs_overwrite(tmp_path, capsys, no_training):
 
 def test_overwrite_replaces_only_what_the_marker_lists(tmp_path):
     run = fake_run(tmp_path / "run")
-    (run / "metrics.json").unlink()  # a recorded file the user removed is no obstacle
+    # Recorded paths the user removed are no obstacle, nor is what was under a removed folder.
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "runs" / "a")
     with outputs.staged(run, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
     assert snapshot(run) == {outputs.MARKER: (run / outputs.MARKER).read_bytes(), "new.txt": b"new"}
