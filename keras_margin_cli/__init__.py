@@ -88,19 +88,21 @@ def train(args):
         config = configs.load(args.config, args.set)
     except configs.ConfigError as error:
         raise _config_error(error, args.config) from None
+    tensorflow_logs.import_tensorflow(args.verbose)
+    from keras_margin_cli import data as datasets
+    from keras_margin_cli import experiment
+
+    # The config and its overrides are checked in full before the output folder: a typo
+    # reported behind an earlier run's folder would send the user to fix the wrong thing.
+    try:
+        configs.check_loss_arguments(config)
+    except configs.ConfigError as error:
+        raise _config_error(error, args.config) from None
     out = Path(args.out or Path("runs") / config.name)
     try:
         outputs.check(out, args.overwrite)
     except outputs.UnsafeOutputError as error:
         raise CommandError(error) from None
-    tensorflow_logs.import_tensorflow(args.verbose)
-    from keras_margin_cli import data as datasets
-    from keras_margin_cli import experiment
-
-    try:
-        configs.check_loss_arguments(config)
-    except configs.ConfigError as error:
-        raise _config_error(error, args.config) from None
     try:
         with outputs.staged(out, args.overwrite) as staging:
             document = _write_experiment(config, staging, _progress(args))
