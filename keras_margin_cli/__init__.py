@@ -38,6 +38,12 @@ def _config_error(error, path):
     return CommandError(f"{source}: {error}")
 
 
+def _data_error(error, config, path):
+    """A dataset that cannot be loaded, blamed on the ``--set`` override that chose it, if any."""
+    key = "data.source"
+    return _config_error(configs.ConfigError(key, error, configs.origin(config, key)), path)
+
+
 def _write_experiment(config, staging, progress):
     from keras_margin_cli import data as datasets
     from keras_margin_cli import experiment, plots
@@ -109,7 +115,7 @@ def train(args):
     except outputs.UnsafeOutputError as error:
         raise CommandError(error) from None
     except datasets.DatasetUnavailableError as error:
-        raise CommandError(f"{args.config}: data.source: {error}") from None
+        raise _data_error(error, config, args.config) from None
     print(f"{config.name}: {document['test_examples']} held-out examples")
     print("\n".join(experiment.format_summary(document)))
     print(f"wrote {out}")
@@ -143,7 +149,7 @@ def evaluate(args):
     try:
         split = datasets.load(config.data)
     except datasets.DatasetUnavailableError as error:
-        raise CommandError(f"{config_file}: data.source: {error}") from None
+        raise _data_error(error, config, config_file) from None
     compared = mismatches = 0
     for run in runs:
         # Anything a model file from elsewhere can make Keras raise is a fault of that file;
