@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_margin import export
+from keras_margin import ops as fused_ops
 from keras_margin_cli import data as datasets
 from keras_margin_cli import finished, metrics
 
@@ -160,22 +161,76 @@ def train(config, split, run, directory, progress):
     return record, predictions
 
 
-def _cpu_model():
+CPUINFO = "/proc/cpuinfo"
+# The vector extensions that change results or speed here: those the op's engine builds need
+# (avx2 and fma; avx512f, dq, bw and vl), those that turn TensorFlow's oneDNN kernels on by
+# default on Linux (avx512_vnni, avx512_bf16, avx_vnni, amx_*), and ARM's counterparts.
+VECTOR_EXTENSIONS = frozenset(
+    {
+        *("sse4_2", "avx", "avx2", "fma", "f16c"),
+        *("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_fp16"),
+        *("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"),
+        *("asimd", "sve", "sve2"),
+    }
+)
+
+
+def _cpuinfo_field(name):
+    """The first ``name : value`` of /proc/cpuinfo, or None where there is none."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open(CPUINFO) as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model():
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _vector_extensions():
+    """The CPU's extensions of ``VECTOR_EXTENSIONS``, sorted; None where they are unknown."""
+    flags = _cpuinfo_field("flags") or _cpuinfo_field("Features")  # x86, ARM
+    return None if flags is None else sorted(VECTOR_EXTENSIONS.intersection(flags.split()))
+
+
+def _engine():
+    """The build of the op's CPU engine in use, or None and why it is unavailable."""
+    try:
+        return {"engine_isa": fused_ops.engine_isa()}
+    # ValueError: a KERAS_MARGIN_ENGINE_ISA that names no build that runs here.
+    except (fused_ops.CustomOpUnavailableError, ValueError) as error:
+        return {"engine_isa": None, "engine_unavailable": str(error)}
+
+
+def _onednn():
+    """Whether TensorFlow's oneDNN kernels are on, as TensorFlow decided when it started.
+
+    ``TF_ENABLE_ONEDNN_OPTS`` decides where it is set; unset, TensorFlow's default for the
+    platform does, which on Linux x86-64 is on only for CPUs with AVX512_VNNI, AVX512_BF16,
+    AVX_VNNI or AMX. TensorFlow exposes its decision only privately: None if that moves.
+    """
+    try:
+        from tensorflow.python.util._pywrap_util_port import IsMklEnabled
+    except ImportError:
+        return None
+    return bool(IsMklEnabled())
 
 
 def environment():
-    """Where the runs were trained: per-seed figures depend on the CPU's rounding."""
+    """Where the runs were trained: per-seed figures depend on the CPU's rounding, so on its
+    vector extensions, the op's engine build and whether oneDNN's kernels compute."""
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_vector_extensions": _vector_extensions(),
+        **_engine(),
+        "onednn": _onednn(),
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "python": platform.python_version(),
         **{name: metadata.version(name) for name in ("keras-margin", "keras", "tensorflow")},
     }
