@@ -210,7 +210,11 @@ def _version():
 
 
 def parser():
-    root = argparse.ArgumentParser(prog="keras-margin", description=__doc__.splitlines()[0])
+    root = argparse.ArgumentParser(
+        prog="keras-margin",
+        description="Train, evaluate and benchmark keras_margin's losses (also run as "
+        "python -m keras_margin_cli).",
+    )
     root.add_argument("--version", action="version", version=_version())
     commands = root.add_subparsers(dest="command", required=True)
     logs = argparse.ArgumentParser(add_help=False)
