@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras_margin import export
 from keras_margin import ops as fused_ops
 from keras_margin_cli import data as datasets
-from keras_margin_cli import finished, metrics
+from keras_margin_cli import finished, machine, metrics
 
 PREDICT_BATCH = 1024  # train and evaluate predict alike, so their metrics agree bit for bit
 # One name for every label form, so that the curves of compared losses share a panel.
@@ -161,43 +161,6 @@ def train(config, split, run, directory, progress):
     return record, predictions
 
 
-CPUINFO = "/proc/cpuinfo"
-# The vector extensions that change results or speed here: those the op's engine builds need
-# (avx2 and fma; avx512f, dq, bw and vl), those that turn TensorFlow's oneDNN kernels on by
-# default on Linux (avx512_vnni, avx512_bf16, avx_vnni, amx_*), and ARM's counterparts.
-VECTOR_EXTENSIONS = frozenset(
-    {
-        *("sse4_2", "avx", "avx2", "fma", "f16c"),
-        *("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_fp16"),
-        *("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"),
-        *("asimd", "sve", "sve2"),
-    }
-)
-
-
-def _cpuinfo_field(name):
-    """The first ``name : value`` of /proc/cpuinfo, or None where there is none."""
-    try:
-        with open(CPUINFO) as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == name:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_model():
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def _vector_extensions():
-    """The CPU's extensions of ``VECTOR_EXTENSIONS``, sorted; None where they are unknown."""
-    flags = _cpuinfo_field("flags") or _cpuinfo_field("Features")  # x86, ARM
-    return None if flags is None else sorted(VECTOR_EXTENSIONS.intersection(flags.split()))
-
-
 def _engine():
     """The build of the op's CPU engine in use, or None and why it is unavailable."""
     try:
@@ -225,9 +188,9 @@ def environment():
     """Where the runs were trained: per-seed figures depend on the CPU's rounding, so on its
     vector extensions, the op's engine build and whether oneDNN's kernels compute."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": machine.cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_vector_extensions": _vector_extensions(),
+        "cpu_vector_extensions": machine.vector_extensions(),
         **_engine(),
         "onednn": _onednn(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),

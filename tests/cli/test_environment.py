@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from keras_margin import ops as fused_ops
-from keras_margin_cli import experiment
+from keras_margin_cli import experiment, machine
 
 # The two machines of the README: the same "AMD EPYC" with 2 cores, one with AVX-512.
 AVX2_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma sse4a avx2 bmi2 sha_ni"
@@ -21,7 +21,7 @@ ONEDNN_BY_DEFAULT = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_
 def cpuinfo(tmp_path, monkeypatch, text):
     path = tmp_path / "cpuinfo"
     path.write_text(text)
-    monkeypatch.setattr(experiment, "CPUINFO", str(path))
+    monkeypatch.setattr(machine, "CPUINFO", str(path))
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_the_two_readme_machines_differ(tmp_path, monkeypatch):
 
 
 def test_a_missing_cpuinfo_is_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiment, "CPUINFO", str(tmp_path / "absent"))
+    monkeypatch.setattr(machine, "CPUINFO", str(tmp_path / "absent"))
     found = experiment.environment()
     assert found["cpu_vector_extensions"] is None
     assert found["cpu"] == (platform.processor() or platform.machine())
