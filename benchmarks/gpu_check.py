@@ -11,8 +11,8 @@ It checks, on the GPU, in float32, forward and backward:
 - at N = 65,536 and 262,144, where Keras does not fit: both against keras_margin in float64.
 Then it times both fused paths and Keras (medians of repeated steps) and records the GPU's
 peak memory for each. The table is printed and, with ``--out``, written to DIR/gpu_check.md
-with the raw numbers in DIR/gpu_check.json. Nothing here has been run on a GPU yet: see the
-README's fused-op section.
+with the raw numbers in DIR/gpu_check.json. Nothing here has been run on a GPU yet: see
+docs/custom-op.md.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_mirrored_strategy_matches_single_device():
 
 def test_multi_worker_mirrored_strategy_matches_single_device():
     """Two worker processes on 127.0.0.1, a custom training loop (Keras 3.15's fit is broken
-    under MultiWorkerMirroredStrategy; see the README)."""
+    under MultiWorkerMirroredStrategy; see docs/distributed.md)."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
     try:

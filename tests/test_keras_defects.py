@@ -1,7 +1,7 @@
 """The Keras 3.15 defects keras_margin fixes: each test shows Keras's result and ours.
 
 If a Keras release fixes one of these, its "keras is wrong" assertion fails, which is the
-signal to drop the deviation from the README.
+signal to drop the deviation from docs/deviations.md.
 """
 
 import keras

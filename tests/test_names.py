@@ -46,7 +46,7 @@ def compiled_loss_module(model):
 
 
 def test_use_builtin_names_trains_with_keras_margin_until_restored():
-    # The README's usage: opt in, compile with a plain name, fit later.
+    # docs/usage.md's usage: opt in, compile with a plain name, fit later.
     try:
         keras_margin.use_builtin_names()
         keras_margin.use_builtin_names()  # a second call changes nothing

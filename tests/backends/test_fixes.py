@@ -1,4 +1,4 @@
-"""The Keras 3.15 defects keras_margin fixes (README, "Deviations"), on the active backend."""
+"""The Keras 3.15 defects keras_margin fixes (docs/deviations.md), on the active backend."""
 
 import keras
 import numpy as np

@@ -6,8 +6,8 @@ falsifying spec Hypothesis prints is the reproducer. Each case compares the redu
 its gradient with respect to ``y_pred`` with Keras's, within the oracle tolerances of
 ``tests/test_oracle.py``, and checks that keras_margin's are finite.
 
-Inputs stay clear of keras_margin's documented deviations from Keras (README, "Deviations
-from Keras 3.15"; ``tests/test_keras_defects.py``):
+Inputs stay clear of keras_margin's documented deviations from Keras (``docs/deviations.md``;
+``tests/test_keras_defects.py``):
 
 1. GCE labels never have the (N, 1) shape that Keras broadcasts to N x N;
 2. GCE probabilities include exact 0 and 1. The values must equal Keras's everywhere, but

@@ -82,7 +82,7 @@ def test_missing_library_is_reported(tmp_path, monkeypatch):
 
 
 def test_ops_is_reachable_after_a_plain_package_import():
-    # The README's export recipe calls keras_margin.ops.custom_op_available() after
+    # docs/export.md's recipe calls keras_margin.ops.custom_op_available() after
     # `import keras_margin` alone; importing the package must not load the library.
     script = (
         "import json, sys, keras_margin\n"
