@@ -29,8 +29,14 @@ _RUNTIMES = {
     "jax": "keras_margin.jax.runtime",
 }
 
+# Imported here rather than on first use: the first use is often inside a user's tf.function,
+# where AutoGraph converts `importlib.import_module` and logs a warning into their program for
+# the import machinery it cannot convert. Keras fixes its backend when it is imported, and the
+# active backend's module needs only that backend, which Keras has already imported.
+_runtime = importlib.import_module(_RUNTIMES.get(name(), "keras_margin.eager_runtime"))
+
 
 def runtime():
     """The runtime module of the active backend; ``keras_margin.eager_runtime`` lists its
     functions."""
-    return importlib.import_module(_RUNTIMES.get(name(), "keras_margin.eager_runtime"))
+    return _runtime

@@ -2,7 +2,7 @@
 
 keras-margin train CONFIG [--out DIR] [--set key=value ...] [--overwrite] [--quiet | --verbose]
 keras-margin evaluate DIR [--verbose]
-keras-margin bench [--quick] [benchmarks/circle.py options]
+keras-margin bench [--quick] [keras_margin_cli.benchmark options]
 
 This package is separate from ``keras_margin`` because importing that one imports Keras and
 TensorFlow (it registers the losses): here they are imported only once a command needs them,
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +24,6 @@ from keras_margin_cli.finished import CONFIG_FILE, METRICS_FILE
 # Metrics are counts over the test set recomputed from identical predictions; any difference
 # beyond float64 summation noise means the reloaded model is not the trained one.
 REPRODUCTION_TOLERANCE = 1e-9
-BENCHMARK_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "circle.py"
 INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
 
 
@@ -36,6 +34,12 @@ class CommandError(Exception):
 def _config_error(error, path):
     source = f"--set {error.origin}" if error.origin else path
     return CommandError(f"{source}: {error}")
+
+
+def _data_error(error, config, path):
+    """A dataset that cannot be loaded, blamed on the ``--set`` override that chose it, if any."""
+    key = "data.source"
+    return _config_error(configs.ConfigError(key, error, configs.origin(config, key)), path)
 
 
 def _write_experiment(config, staging, progress):
@@ -88,26 +92,28 @@ def train(args):
         config = configs.load(args.config, args.set)
     except configs.ConfigError as error:
         raise _config_error(error, args.config) from None
+    tensorflow_logs.import_tensorflow(args.verbose)
+    from keras_margin_cli import data as datasets
+    from keras_margin_cli import experiment
+
+    # The config and its overrides are checked in full before the output folder: a typo
+    # reported behind an earlier run's folder would send the user to fix the wrong thing.
+    try:
+        configs.check_loss_arguments(config)
+    except configs.ConfigError as error:
+        raise _config_error(error, args.config) from None
     out = Path(args.out or Path("runs") / config.name)
     try:
         outputs.check(out, args.overwrite)
     except outputs.UnsafeOutputError as error:
         raise CommandError(error) from None
-    tensorflow_logs.import_tensorflow(args.verbose)
-    from keras_margin_cli import data as datasets
-    from keras_margin_cli import experiment
-
-    try:
-        configs.check_loss_arguments(config)
-    except configs.ConfigError as error:
-        raise _config_error(error, args.config) from None
     try:
         with outputs.staged(out, args.overwrite) as staging:
             document = _write_experiment(config, staging, _progress(args))
     except outputs.UnsafeOutputError as error:
         raise CommandError(error) from None
     except datasets.DatasetUnavailableError as error:
-        raise CommandError(f"{args.config}: data.source: {error}") from None
+        raise _data_error(error, config, args.config) from None
     print(f"{config.name}: {document['test_examples']} held-out examples")
     print("\n".join(experiment.format_summary(document)))
     print(f"wrote {out}")
@@ -141,7 +147,7 @@ def evaluate(args):
     try:
         split = datasets.load(config.data)
     except datasets.DatasetUnavailableError as error:
-        raise CommandError(f"{config_file}: data.source: {error}") from None
+        raise _data_error(error, config, config_file) from None
     compared = mismatches = 0
     for run in runs:
         # Anything a model file from elsewhere can make Keras raise is a fault of that file;
@@ -176,19 +182,10 @@ def evaluate(args):
 
 
 def bench(args):
-    if not BENCHMARK_SCRIPT.is_file():
-        raise CommandError(
-            f"{BENCHMARK_SCRIPT} not found; the benchmark runs from a source checkout "
-            "(python -m pip install -e . in a clone of keras_margin)"
-        )
-    command = [sys.executable, str(BENCHMARK_SCRIPT), "--no-write", *args.script_options]
-    command += ["--quick"] if args.quick else []
-    if tensorflow_logs.shown(args.verbose):
-        return subprocess.call(command)
-    env = tensorflow_logs.quiet_environment()
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as child:
-        sys.stderr.writelines(tensorflow_logs.drop_log_records(child.stderr))
-    return child.returncode
+    from keras_margin_cli import benchmark
+
+    options = [*args.script_options, *(["--quick"] if args.quick else [])]
+    benchmark.main(options, prog="keras-margin bench")
 
 
 def _version():
@@ -202,7 +199,15 @@ def _version():
 
 
 def parser():
-    root = argparse.ArgumentParser(prog="keras-margin", description=__doc__.splitlines()[0])
+    # Imported here, not with the package: `python -m keras_margin_cli.benchmark` would
+    # otherwise find the module imported before it runs.
+    from keras_margin_cli import benchmark
+
+    root = argparse.ArgumentParser(
+        prog="keras-margin",
+        description="Train, evaluate and benchmark keras_margin's losses (also run as "
+        "python -m keras_margin_cli).",
+    )
     root.add_argument("--version", action="version", version=_version())
     commands = root.add_subparsers(dest="command", required=True)
     logs = argparse.ArgumentParser(add_help=False)
@@ -239,11 +244,11 @@ def parser():
     check.set_defaults(handler=evaluate)
     speed = commands.add_parser(
         "bench",
-        parents=[logs],
         help="time the fused Circle op against Keras",
-        epilog="Other options, such as --n 4096 --d 128, go to benchmarks/circle.py.",
+        epilog="Other options, such as --n 4096 --d 128, go to the benchmark; "
+        "python -m keras_margin_cli.benchmark --help lists them.",
     )
-    speed.add_argument("--quick", action="store_true", help="two sizes, fewer repeats")
+    speed.add_argument("--quick", action="store_true", help=benchmark.QUICK_HELP)
     speed.set_defaults(handler=bench)
     return root
 

@@ -322,8 +322,8 @@ def _key_path(key):
 def _blame(error, config_file_alone, overrides):
     """Attributes ``error`` to a ``--set`` override unless the file alone fails the same way.
 
-    The override blamed is the last one whose key overlaps the key in error (``loss`` and
-    ``loss.gamma`` overlap), or else the last one.
+    The override blamed is the last one whose key overlaps the key in error, or else the last
+    one.
     """
     if error.origin or not overrides:
         return error
@@ -332,15 +332,27 @@ def _blame(error, config_file_alone, overrides):
     except ConfigError as own:
         if str(own) == str(error):
             return error
-    path = _key_path(error.key)
-    overlapping = [
+    error.origin = (_overlapping(overrides, error.key) or list(overrides))[-1]
+    return error
+
+
+def _overlapping(overrides, key):
+    """The overrides whose key overlaps ``key``: ``loss`` and ``loss.gamma`` overlap."""
+    path = _key_path(key)
+    return [
         assignment
         for assignment in overrides
         for set_path in [_key_path(assignment.partition("=")[0])]
         if path[: len(set_path)] == set_path[: len(path)]
     ]
-    error.origin = (overlapping or list(overrides))[-1]
-    return error
+
+
+def origin(config, key):
+    """The ``--set`` assignment that gave ``key`` of a loaded config its value, or None if the
+    file did: for an error found only once the value is used, such as a dataset that cannot be
+    downloaded."""
+    overlapping = _overlapping(config.overrides, key)
+    return overlapping[-1] if overlapping else None
 
 
 def load(path, overrides=()):

@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_margin import export
+from keras_margin import ops as fused_ops
 from keras_margin_cli import data as datasets
-from keras_margin_cli import finished, metrics
+from keras_margin_cli import finished, machine, metrics
 
 PREDICT_BATCH = 1024  # train and evaluate predict alike, so their metrics agree bit for bit
 # One name for every label form, so that the curves of compared losses share a panel.
@@ -160,22 +161,39 @@ def train(config, split, run, directory, progress):
     return record, predictions
 
 
-def _cpu_model():
+def _engine():
+    """The build of the op's CPU engine in use, or None and why it is unavailable."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {"engine_isa": fused_ops.engine_isa()}
+    # ValueError: a KERAS_MARGIN_ENGINE_ISA that names no build that runs here.
+    except (fused_ops.CustomOpUnavailableError, ValueError) as error:
+        return {"engine_isa": None, "engine_unavailable": str(error)}
+
+
+def _onednn():
+    """Whether TensorFlow's oneDNN kernels are on, as TensorFlow decided when it started.
+
+    ``TF_ENABLE_ONEDNN_OPTS`` decides where it is set; unset, TensorFlow's default for the
+    platform does, which on Linux x86-64 is on only for CPUs with AVX512_VNNI, AVX512_BF16,
+    AVX_VNNI or AMX. TensorFlow exposes its decision only privately: None if that moves.
+    """
+    try:
+        from tensorflow.python.util._pywrap_util_port import IsMklEnabled
+    except ImportError:
+        return None
+    return bool(IsMklEnabled())
 
 
 def environment():
-    """Where the runs were trained: per-seed figures depend on the CPU's rounding."""
+    """Where the runs were trained: per-seed figures depend on the CPU's rounding, so on its
+    vector extensions, the op's engine build and whether oneDNN's kernels compute."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": machine.cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_vector_extensions": machine.vector_extensions(),
+        **_engine(),
+        "onednn": _onednn(),
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "python": platform.python_version(),
         **{name: metadata.version(name) for name in ("keras-margin", "keras", "tensorflow")},
     }

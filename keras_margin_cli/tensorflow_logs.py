@@ -31,11 +31,6 @@ def shown(verbose):
     return verbose or LEVEL_VARIABLE in os.environ
 
 
-def quiet_environment():
-    """The environment for a TensorFlow subprocess whose log lines are not wanted."""
-    return {**os.environ, LEVEL_VARIABLE: ERRORS_ONLY}
-
-
 def drop_log_records(lines):
     """The lines that are not part of a TensorFlow log record (a record's own lines go too)."""
     in_record = False

@@ -13,7 +13,6 @@ op, TensorFlow itself picks the CPU kernel, the XLA custom call or the blocked H
 (``keras_margin.ops.circle.placement``). ``tests/backends/test_circle_dispatch.py`` is this table.
 """
 
-import importlib
 import warnings
 
 from keras_margin import backend
@@ -99,4 +98,13 @@ def circle_loss_function(implementation, rows, ref_rows):
     references (static sizes; None when unknown, which only TensorFlow has)."""
     pairs = (rows or 0) * (ref_rows or 0)
     module = choose(implementation, backend.name(), pairs, _tensorflow_op_unavailable_reason)
-    return importlib.import_module(module).circle_loss
+    # Import statements, not `importlib.import_module`: this runs while a user's tf.function
+    # traces, where AutoGraph converts each function called and logs a warning into the user's
+    # program for the import machinery it cannot convert. It leaves statements alone.
+    if module == TENSORFLOW_OP:
+        from keras_margin.ops.circle import circle_loss
+    elif module == JAX_BLOCKED:
+        from keras_margin.jax.circle import circle_loss
+    else:
+        from keras_margin.losses.circle_composite import circle_loss
+    return circle_loss

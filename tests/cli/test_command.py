@@ -136,3 +136,12 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_staging(tmp_path):
     assert child.returncode == 130
     assert stderr == "keras-margin: interrupted; train stopped\n"
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["bench"]], ids=" ".join)
+def test_help_is_plain_text(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    # The module docstring is reStructuredText; a terminal shows its markup verbatim.
+    assert "``" not in result.stdout, result.stdout
+    assert result.stdout.startswith(f"usage: keras-margin {' '.join(command)}".rstrip())

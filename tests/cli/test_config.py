@@ -250,3 +250,33 @@ def test_errors_are_blamed_on_the_override_or_the_file(
     assert "\n" not in error
     expected = str(path) if blamed == "FILE" else blamed
     assert error.startswith(f"keras-margin: error: {expected}: {message}"), error
+
+
+@pytest.mark.parametrize(
+    "source_line, overrides, blamed",
+    [
+        ('source = "digits"', ["data.source=mnist"], "--set data.source=mnist"),
+        ('source = "digits"', ["data.limit=300", "data.source=mnist"], "--set data.source=mnist"),
+        ('source = "mnist"', ["train.epochs=1"], "FILE"),
+    ],
+)
+def test_a_dataset_that_cannot_load_is_blamed_on_what_chose_it(
+    source_line, overrides, blamed, tmp_path, monkeypatch, capsys
+):
+    def offline():
+        raise Exception("URL fetch failure: no network")  # what keras.utils.get_file raises
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    path = write(tmp_path, VALID.replace('source = "digits"', source_line))
+    command = ["train", str(path), "--out", str(tmp_path / "out")]
+    for assignment in overrides:
+        command += ["--set", assignment]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip()
+    expected = str(path) if blamed == "FILE" else blamed
+    assert error == (
+        f"keras-margin: error: {expected}: data.source: keras.datasets.mnist could not be loaded "
+        "(URL fetch failure: no network); it downloads on first use into ~/.keras/datasets (or "
+        "$KERAS_HOME/datasets), so check the network or that folder"
+    )
+    assert not (tmp_path / "out").exists()

@@ -246,6 +246,26 @@ def test_an_earlier_run_needs_overwrite(tmp_path, capsys, no_training):
     assert "holds an earlier run; add --overwrite" in refused(capsys, "--out", str(run))
 
 
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        # found once Keras is imported, by building the loss
+        ("loss.gama=80", "--set loss.gama=80: loss.gama: unknown key; expected one of"),
+        ("loss.gamma=-5", "--set loss.gamma=-5: loss.gamma: Circle: Argument `gamma`"),
+        # found from the config alone
+        ("train.epochs=0", "--set train.epochs=0: train.epochs: expected an integer >= 1"),
+    ],
+)
+def test_config_mistakes_come_before_an_earlier_run(override, error, tmp_path, capsys, no_training):
+    run = fake_run(tmp_path / "run")
+    before = snapshot(run)
+    config = str(ROOT / "configs" / "circle_digits.toml")
+    assert keras_margin_cli.main(["train", config, "--set", override, "--out", str(run)]) == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and printed.startswith(f"keras-margin: error: {error}"), printed
+    assert snapshot(run) == before
+
+
 def test_overwrite_replaces_only_what_the_marker_lists(tmp_path):
     run = fake_run(tmp_path / "run")
     # Recorded paths the user removed are no obstacle, nor is what was under a removed folder.
