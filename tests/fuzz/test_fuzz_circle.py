@@ -501,7 +501,9 @@ def test_self_reference_matches_explicit_reference(spec):
     ulp = 0.0 if spec.dtype == compute_dtype(spec.dtype) else EPS[spec.dtype]
     np.testing.assert_allclose(symmetric[0], loss, rtol=tol + ulp, atol=tol, err_msg="loss")
     if not kink:
-        scale = np.max(np.abs(grad_x), initial=0.0) + np.max(np.abs(grad_ref), initial=0.0)
+        # float16 gradients can overflow to inf, which must then match exactly; the finite
+        # entries set the scale (an inf scale would accept anything).
+        scale = sum(np.max(np.abs(g[np.isfinite(g)]), initial=0.0) for g in (grad_x, grad_ref))
         np.testing.assert_allclose(
             symmetric[1][0],
             grad_x + grad_ref,
