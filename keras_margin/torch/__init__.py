@@ -1,0 +1,1 @@
+"""keras_margin's PyTorch-only code: the run-time checks under ``torch.compile``."""
