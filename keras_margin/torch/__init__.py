@@ -1,0 +1,1 @@
+"""keras_margin's PyTorch-only code: Circle's blocked implementation."""
