@@ -23,7 +23,6 @@ both roles are summed inside the backward operator.
 
 import torch
 
-from keras_margin.losses.checks import all_finite, nan_where_invalid
 from keras_margin.losses.circle_tiling import tile_width
 
 # torch.nn.functional.softplus's default: above it, softplus(x) = x and its derivative is 1.
@@ -275,4 +274,9 @@ def circle_loss(
         float(margin),
         bool(remove_diagonal),
     )
-    return nan_where_invalid(losses.to(x.dtype), all_finite(embeddings, ref))
+    # A non-finite embedding takes part in every row's pairs: every row is NaN, as on the
+    # composite path (``checks.nan_where_invalid``), in torch operations that compile.
+    finite = torch.isfinite(x).all()
+    if ref is not None:
+        finite = finite & torch.isfinite(ref).all()
+    return torch.where(finite, losses, torch.full_like(losses, float("nan"))).to(x.dtype)
