@@ -7,7 +7,8 @@ running maximum and sum per row and set (an online log-sum-exp), and drops it. T
 pass walks the tiles again, recomputing each from the saved per-row maxima and sums, and
 applies the composite path's element-wise derivatives by hand, with PyTorch's conventions at
 the kinks (``torch.maximum`` gives half the gradient to each side of a tie; ``softplus`` is the
-identity above 20). Only O(N + M) state passes from the forward to the backward.
+identity above 20), simplified: each logit's derivative in its distance is one product. Only
+O(N + M) state passes from the forward to the backward.
 
 Both passes are PyTorch operators (``keras_margin::circle_forward`` and
 ``keras_margin::circle_backward``, ``torch.library.custom_op``) with fake implementations and a
@@ -51,17 +52,19 @@ def _max_slope(a):
     return torch.sign(a).add_(1.0).mul_(0.5)
 
 
-def _tile_masks(labels, ref_labels_tile, first_column, remove_diagonal, offset):
-    """Which entries of a tile are positive and negative pairs."""
-    same = labels[:, None] == ref_labels_tile[None, :]
-    negative = ~same
+def _tile_exclusions(labels, ref_labels_tile, first_column, remove_diagonal, offset):
+    """Which entries of a tile are not positive pairs, and which are not negative pairs."""
+    not_positive = labels[:, None] != ref_labels_tile[None, :]
+    not_negative = labels[:, None] == ref_labels_tile[None, :]
     if remove_diagonal:
-        rows = torch.arange(labels.shape[0], device=labels.device) + offset
-        columns = torch.arange(
-            first_column, first_column + ref_labels_tile.shape[0], device=labels.device
-        )
-        same &= rows[:, None] != columns[None, :]
-    return same, negative
+        # Pair (i, i + offset): in this tile, column c is row c + first_column - offset's.
+        columns = torch.arange(ref_labels_tile.shape[0], device=labels.device)
+        rows = columns + first_column - offset
+        inside = (rows >= 0) & (rows < labels.shape[0])
+        rows = rows.clamp(0, max(labels.shape[0] - 1, 0))
+        if labels.shape[0] > 0:
+            not_positive.index_put_((rows, columns), not_positive[rows, columns] | inside)
+    return not_positive, not_negative
 
 
 def _shift(top):
@@ -70,9 +73,9 @@ def _shift(top):
     return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
-def _online_lse(top, total, logits, mask):
+def _online_lse(top, total, logits, excluded):
     """Folds one tile into a running (max, sum of exp(logit - max)) per row."""
-    masked = logits.masked_fill_(~mask, float("-inf"))
+    masked = logits.masked_fill_(excluded, float("-inf"))
     new_top = torch.maximum(top, masked.amax(dim=1))
     shift = _shift(new_top)
     total = total * torch.exp(top - shift) + torch.exp_(masked - shift[:, None]).sum(dim=1)
@@ -83,13 +86,13 @@ def _finish_lse(top, total):
     return torch.where(total > 0, top + torch.log(total), torch.full_like(top, float("-inf")))
 
 
-def _softmax_weights(top, total, logits, mask):
+def _softmax_weights(top, total, logits, excluded):
     """exp(logit - lse) as exp(logit - max) / sum, with logit - max capped at 0 as the JAX path
     does (a recomputed logit may round an ulp above the forward pass's maximum); 0 outside the
     set, also for a set with no member (sum 0)."""
     below_max = torch.clamp_max_(logits - _shift(top)[:, None], 0.0)
     weights = torch.exp_(below_max) / total[:, None]
-    return weights.masked_fill_(~mask, 0.0)
+    return weights.masked_fill_(excluded, 0.0)
 
 
 def _tiles(ref_rows, width):
@@ -108,11 +111,11 @@ def _forward(x, labels, ref, ref_labels, offset, gamma, margin, remove_diagonal)
     neg_total = torch.zeros_like(pos_top)
     for start, stop in _tiles(ref.shape[0], _width(x, ref.shape[0])):
         _, _, pos, neg = _tile_logits(x, ref[start:stop], gamma, margin)
-        positive, negative = _tile_masks(
+        not_positive, not_negative = _tile_exclusions(
             labels, ref_labels[start:stop], start, remove_diagonal, offset
         )
-        pos_top, pos_total = _online_lse(pos_top, pos_total, pos, positive)
-        neg_top, neg_total = _online_lse(neg_top, neg_total, neg, negative)
+        pos_top, pos_total = _online_lse(pos_top, pos_total, pos, not_positive)
+        neg_top, neg_total = _online_lse(neg_top, neg_total, neg, not_negative)
     z = _finish_lse(pos_top, pos_total) + _finish_lse(neg_top, neg_total)
     losses = torch.nn.functional.softplus(z, threshold=_SOFTPLUS_THRESHOLD)
     return losses, torch.stack([pos_top, pos_total, neg_top, neg_total])
@@ -129,31 +132,30 @@ def _backward(
     pos_top, pos_total, neg_top, neg_total = state.unbind(0)
     z = _finish_lse(pos_top, pos_total) + _finish_lse(neg_top, neg_total)
     slope = torch.where(z > _SOFTPLUS_THRESHOLD, torch.ones_like(z), torch.sigmoid(z))
-    scale = (grad_losses.to(x.dtype) * slope)[:, None]
+    scale = (grad_losses.to(x.dtype) * slope * (-2.0 * gamma))[:, None]
     grad_x = torch.zeros_like(x)
     grad_ref = torch.empty_like(ref)
     for start, stop in _tiles(ref.shape[0], _width(x, ref.shape[0])):
         ref_tile = ref[start:stop]
         unclamped, distance, pos, neg = _tile_logits(x, ref_tile, gamma, margin)
-        positive, negative = _tile_masks(
+        not_positive, not_negative = _tile_exclusions(
             labels, ref_labels[start:stop], start, remove_diagonal, offset
         )
-        grad_pos = _softmax_weights(pos_top, pos_total, pos, positive).mul_(scale)
-        grad_neg = _softmax_weights(neg_top, neg_total, neg, negative).mul_(scale)
-        del pos, neg
-        # pos = (-gamma * max(margin + d, 0)) * (margin - d): its derivative in d is
-        # gamma * (max'(margin + d) * (d - margin) + max(margin + d, 0)).
-        pos_arg = torch.add(distance, margin)
-        d_pos = torch.sub(distance, margin).mul_(_max_slope(pos_arg))
-        d_pos.add_(pos_arg.clamp_min_(0.0)).mul_(gamma)
-        # neg = (gamma * max(1 + margin - d, 0)) * (1 - margin - d): its derivative in d is
-        # gamma * (max'(1 + margin - d) * (d - (1 - margin)) - max(1 + margin - d, 0)).
-        neg_arg = torch.rsub(distance, 1.0 + margin)
-        d_neg = torch.sub(distance, 1.0 - margin).mul_(_max_slope(neg_arg))
-        d_neg.sub_(neg_arg.clamp_min_(0.0)).mul_(gamma)
-        # d = max(1 - s, 0): its derivative in s is -max'(1 - s).
-        grad_similarity = grad_pos.mul_(d_pos).add_(grad_neg.mul_(d_neg))
-        grad_similarity.mul_(_max_slope(unclamped)).neg_()
+        grad_pos = _softmax_weights(pos_top, pos_total, pos, not_positive)
+        grad_neg = _softmax_weights(neg_top, neg_total, neg, not_negative)
+        del pos, neg, not_positive, not_negative
+        # pos = -gamma * max(margin + d, 0) * (margin - d) has the derivative in d
+        # gamma * (max'(margin + d) * (d - margin) + max(margin + d, 0)), which is
+        # 2 gamma d max'(margin + d) on both sides of the kink and at it; likewise
+        # neg = gamma * max(1 + margin - d, 0) * (1 - margin - d) has 2 gamma (d - 1)
+        # max'(1 + margin - d); and d = max(1 - s, 0) has -max'(1 - s) in s.
+        grad_pos.mul_(distance)
+        if margin < 0:  # else margin + d > 0 or d = 0: max'(margin + d) d = d
+            grad_pos.mul_(_max_slope(torch.add(distance, margin)))
+        neg_slope = _max_slope(torch.rsub(distance, 1.0 + margin))
+        grad_similarity = grad_pos.add_(grad_neg.mul_(distance.sub_(1.0)).mul_(neg_slope))
+        grad_similarity.mul_(_max_slope(unclamped)).mul_(scale)
+        del grad_neg, neg_slope, distance, unclamped
         grad_x.addmm_(grad_similarity, ref_tile)
         grad_ref[start:stop] = grad_similarity.T @ x
     if self_reference:

@@ -69,16 +69,17 @@ def test_opcheck_forward_and_backward(rng):
         torch.library.opcheck(torch.ops.keras_margin.circle_backward.default, backward_args)
 
 
+@pytest.mark.parametrize("margin", [0.25, -0.3])
 @pytest.mark.parametrize("remove_diagonal", [True, False])
 @pytest.mark.parametrize("name", ["self", "reference", "tiny"])
-def test_gradcheck_float64(rng, name, remove_diagonal):
+def test_gradcheck_float64(rng, name, remove_diagonal, margin):
     """Several tiles for the reference set (300 columns), one for the self case. gradcheck's
     fast mode (a random projection of the Jacobian) except on the tiny layout."""
     x, labels, ref, ref_labels = _layout(rng, name, torch.float64)
     if name == "self":  # gradcheck perturbs every entry: keep it small
         x = x[:40].detach().requires_grad_()
         labels = labels[:40]
-    kwargs = dict(KWARGS, remove_diagonal=remove_diagonal)
+    kwargs = {"gamma": 8.0, "margin": margin, "remove_diagonal": remove_diagonal}
     fast_mode = name != "tiny"
     if ref is None:
         fn, inputs = (lambda x: blocked.circle_loss(x, labels, **kwargs)), (x,)
