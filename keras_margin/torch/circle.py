@@ -34,12 +34,15 @@ def _width(x, ref_rows):
     return tile_width(x.shape[0], ref_rows, x.element_size(), x.device.type)
 
 
-def _tile_logits(x, ref_tile, gamma, margin):
-    """1 - similarity, the distances, and the positive-set and negative-set logits of every
-    anchor against one reference tile, in the composite path's arithmetic and order (in place
-    where it can: nothing here is differentiated by autograd)."""
+def _tile_logits(x, ref_tile, gamma, margin, keep_unclamped=True):
+    """1 - similarity (None unless ``keep_unclamped``), the distances, and the positive-set and
+    negative-set logits of every anchor against one reference tile, in the composite path's
+    arithmetic and order (in place where it can: nothing here is differentiated by autograd)."""
     unclamped = torch.mm(x, ref_tile.T).neg_().add_(1.0)
-    distance = torch.clamp_min(unclamped, 0.0)
+    if not keep_unclamped:
+        distance, unclamped = unclamped.clamp_min_(0.0), None
+    else:
+        distance = torch.clamp_min(unclamped, 0.0)
     pos = torch.add(distance, margin).clamp_min_(0.0).mul_(-gamma).mul_(margin - distance)
     neg = torch.rsub(distance, 1.0 + margin).clamp_min_(0.0).mul_(gamma)
     neg.mul_(torch.rsub(distance, 1.0 - margin))
@@ -78,7 +81,7 @@ def _online_lse(top, total, logits, excluded):
     masked = logits.masked_fill_(excluded, float("-inf"))
     new_top = torch.maximum(top, masked.amax(dim=1))
     shift = _shift(new_top)
-    total = total * torch.exp(top - shift) + torch.exp_(masked - shift[:, None]).sum(dim=1)
+    total = total * torch.exp(top - shift) + torch.exp_(masked.sub_(shift[:, None])).sum(dim=1)
     return new_top, total
 
 
@@ -110,7 +113,7 @@ def _forward(x, labels, ref, ref_labels, offset, gamma, margin, remove_diagonal)
     pos_total = torch.zeros_like(pos_top)
     neg_total = torch.zeros_like(pos_top)
     for start, stop in _tiles(ref.shape[0], _width(x, ref.shape[0])):
-        _, _, pos, neg = _tile_logits(x, ref[start:stop], gamma, margin)
+        _, _, pos, neg = _tile_logits(x, ref[start:stop], gamma, margin, keep_unclamped=False)
         not_positive, not_negative = _tile_exclusions(
             labels, ref_labels[start:stop], start, remove_diagonal, offset
         )
