@@ -32,11 +32,14 @@ TORCH_BLOCKED = "keras_margin.torch.circle"
 # benchmarks/RESULTS.md ("Circle: the runs of 2026-12-02", run 4).
 JAX_BLOCKED_MIN_PAIRS = 2048 * 2048
 
-# Below this many pairs the composite path is faster on PyTorch (eagerly, CPU, D = 128,
-# float32, forward+backward, best of 4 after a warm-up, on a 2-core machine running other work:
-# N = 512: composite 0.049 s, blocked 0.074 s; N = 1,024: 0.37 s against 0.23 s; 2,048: 0.95 s
-# against 0.56 s; 4,096: 4.66 s against 4.40 s), measured with
-# `KERAS_BACKEND=torch python benchmarks/torch_threshold.py 512 1024 2048 4096`.
+# From this many pairs the blocked path is about as fast as the composite path on PyTorch or
+# faster, and its temporaries stay [N, B]; below it the composite path's N x M ones are small.
+# Eagerly, CPU, D = 128, float32, forward+backward, fastest of 8 alternating runs, on a 2-core
+# machine that was running other work: N = 1,024: composite 0.303 s, blocked 0.088 s; 2,048:
+# 0.539 s against 0.522 s; 3,072: 1.86 s against 1.49 s; 4,096: 2.90 s against 2.77 s, with
+# `KERAS_BACKEND=torch python benchmarks/torch_threshold.py 1024 2048 3072 4096`. The load
+# moved the ratio (blocked / composite) from run to run: over four runs 0.29 to 0.41 at 1,024,
+# 0.97 to 1.77 at 2,048, 0.68 to 0.95 at 4,096; at 512, 0.64 to 9.7 (no consistent winner).
 TORCH_BLOCKED_MIN_PAIRS = 1024 * 1024
 
 _fallback_warned = False
