@@ -164,7 +164,7 @@ def test_a_non_finite_embedding_makes_every_row_nan_compiled(rng):
 @pytest.mark.parametrize("reference", [False, True])
 def test_only_o_n_plus_m_state_is_saved_for_the_backward(rng, reference):
     """Everything autograd keeps between the forward and the backward: the inputs themselves
-    and O(N + M) more, never an N x M tile (here 1,024 x 2,048 pairs: eight tiles)."""
+    and O(N + M) more, never an N x M matrix (here 1,024 x 2,048 pairs: four tiles of 512)."""
     n, m, d = 1024, 2048 if reference else 1024, 16
     x = _tensor(unit_rows(rng, n, d), requires_grad=True)
     labels = torch.tensor(rng.integers(0, 50, n))
