@@ -2,10 +2,11 @@
 
 The losses are written against ``keras.ops``. What ``keras.ops`` cannot express the same way
 on every backend (raising on a bad value at run time, sizes unknown while tracing, the widest
-integer type) lives in a runtime module per backend, and ``runtime()`` picks it. TensorFlow
-and JAX are imported only by those modules and by their backends' folders
-(``keras_margin.tensorflow``, ``keras_margin.ops``, ``keras_margin.jax``), so
-``import keras_margin`` on JAX or PyTorch never imports TensorFlow.
+integer type) lives in a runtime module per backend, and ``runtime()`` picks it. TensorFlow,
+JAX and PyTorch are imported only by those modules and by their backends' folders
+(``keras_margin.tensorflow``, ``keras_margin.ops``, ``keras_margin.jax``,
+``keras_margin.torch``), so ``import keras_margin`` on JAX or PyTorch never imports
+TensorFlow.
 """
 
 import importlib
@@ -22,11 +23,12 @@ def is_tensorflow():
     return name() == "tensorflow"
 
 
-# TensorFlow and JAX trace without concrete values and need their own runtime; the others
-# (PyTorch, NumPy) compute eagerly.
+# TensorFlow and JAX trace without concrete values, and PyTorch compiles under
+# `torch.compile`, so each needs its own runtime; NumPy computes eagerly.
 _RUNTIMES = {
     "tensorflow": "keras_margin.tensorflow.runtime",
     "jax": "keras_margin.jax.runtime",
+    "torch": "keras_margin.torch.runtime",
 }
 
 # Imported here rather than on first use: the first use is often inside a user's tf.function,

@@ -1,5 +1,5 @@
-"""What the losses need beyond ``keras.ops`` on a backend that computes eagerly (PyTorch,
-NumPy), and the functions every backend's runtime module has.
+"""What the losses need beyond ``keras.ops`` on a backend that computes eagerly (NumPy, and
+PyTorch outside ``torch.compile``), and the functions every backend's runtime module has.
 
 On an eager backend every static shape is known, so ``assert_same_size`` and
 ``reshape_to_rows``, which exist for TensorFlow's graphs, are never reached.

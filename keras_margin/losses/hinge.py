@@ -111,8 +111,14 @@ def categorical_hinge(y_true, y_pred):
     """
     y_true, y_pred = _labels_and_predictions(y_true, y_pred)
     pos = ops.sum(y_true * y_pred, axis=-1)
-    # `initial` only lets an empty batch through: keras.ops.max raises on any empty tensor.
-    neg = ops.max((1.0 - y_true) * y_pred, axis=-1, initial=float("-inf"))
+    scores = (1.0 - y_true) * y_pred
+    if 0 in scores.shape:
+        # `initial` lets an empty batch through: keras.ops.max raises on any empty tensor.
+        neg = ops.max(scores, axis=-1, initial=float("-inf"))
+    else:
+        # The same values (NaN included) without `initial`, whose handling in Keras's torch
+        # backend breaks a `torch.compile` graph.
+        neg = ops.amax(scores, axis=-1)
     return ops.maximum(neg - pos + 1.0, ops.zeros((), y_pred.dtype))
 
 

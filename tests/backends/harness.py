@@ -3,14 +3,15 @@
 The backend tests run on TensorFlow (in the main run) and on JAX and PyTorch (each in its own
 process, with ``KERAS_BACKEND`` set). This module is the only place where they differ: how a
 gradient is taken (``tf.GradientTape``, ``jax.grad``, torch autograd) and how a function is
-compiled (``tf.function(jit_compile=True)``, ``jax.jit``; PyTorch runs eagerly only).
+compiled (``tf.function(jit_compile=True)``, ``jax.jit``, ``torch.compile(fullgraph=True)``:
+one graph, no break, or the call fails).
 """
 
 import keras
 import numpy as np
 
 BACKEND = keras.backend.backend()
-MODES = ["eager"] if BACKEND == "torch" else ["eager", "jit"]
+MODES = ["eager", "jit"]
 # Circle's implementations that run on this backend; "fused" is TensorFlow's op or the blocked
 # path of JAX or PyTorch.
 CIRCLE_IMPLEMENTATIONS = ["composite", "fused"]
@@ -24,6 +25,31 @@ def numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+def compiled(fn):
+    """``fn`` under ``torch.compile`` as one graph: any graph break raises. Dynamo's caches are
+    cleared first, so that earlier cases count towards no recompilation limit.
+
+    An error that ``fn`` raises while it is traced (a shape or dtype error, raised when the
+    loss is traced on every backend) reaches the caller as itself, as it does under Keras's
+    ``jit_compile=True`` (``torch.compile`` without ``fullgraph``), not as dynamo's
+    ``Unsupported``."""
+    import torch
+
+    torch._dynamo.reset()
+    graph = torch.compile(fn, fullgraph=True)
+
+    def call(*args):
+        try:
+            return graph(*args)
+        except torch._dynamo.exc.Unsupported as error:
+            if not str(error).startswith("Observed exception"):
+                raise
+        torch._dynamo.reset()
+        return torch.compile(fn)(*args)
+
+    return call
+
+
 def evaluate(fn, mode, *args):
     """``fn(*args)`` as NumPy, every argument a backend tensor (traced under ``jit``)."""
     args = [tensor(a) for a in args]
@@ -33,6 +59,8 @@ def evaluate(fn, mode, *args):
         import jax
 
         return numpy(jax.jit(fn)(*args))
+    if BACKEND == "torch":
+        return numpy(compiled(fn)(*args))
     import tensorflow as tf
 
     return numpy(tf.function(fn, jit_compile=True)(*args))
@@ -64,9 +92,8 @@ def value_and_gradient(fn, mode, x, *args, cotangent=None):
     if BACKEND == "torch":
         import torch
 
-        assert mode == "eager"
         x = torch.tensor(x, requires_grad=True)
-        value = fn(x, *args)
+        value = (fn if mode == "eager" else compiled(fn))(x, *args)
         weighted(value).backward()
         return numpy(value.detach()), x.grad.numpy()
     import tensorflow as tf

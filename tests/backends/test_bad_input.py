@@ -2,7 +2,8 @@
 
 Shape and dtype errors raise when the loss is traced, in every mode. A bad label value raises
 where the backend can check it at run time (``InvalidArgumentError`` on TensorFlow,
-``ValueError`` on JAX outside ``jax.jit`` and on PyTorch); compiled, its row is NaN.
+``ValueError`` on JAX outside ``jax.jit`` and on PyTorch outside ``torch.compile``); compiled,
+its row is NaN.
 """
 
 import numpy as np

@@ -7,7 +7,7 @@ import pytest
 from keras_margin._keras_internals import set_keras_mask
 
 from .cases import LOSSES, inputs, pair
-from .harness import CIRCLE_IMPLEMENTATIONS, MODES, tensor, value_and_gradient
+from .harness import BACKEND, CIRCLE_IMPLEMENTATIONS, MODES, tensor, value_and_gradient
 
 REDUCTIONS = [
     ("sum", False),
@@ -19,6 +19,10 @@ REDUCTIONS = [
     ("none", True),
     (None, False),
 ]
+# Under torch.compile(fullgraph=True) Keras's own Hinge, SquaredHinge (a data-dependent
+# branch) and CategoricalHinge (an isinstance) break the graph: on PyTorch the oracle runs
+# eagerly, and test_torch_compile checks each compiled loss against its eager self.
+ORACLE_MODES = ["eager"] if BACKEND == "torch" else MODES
 # (loss, Circle implementation): every loss, and Circle through each implementation.
 VARIANTS = [(name, "composite") for name in LOSSES[:-1]] + [
     ("circle", implementation) for implementation in CIRCLE_IMPLEMENTATIONS
@@ -30,7 +34,7 @@ def assert_same(ours, theirs):
     np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-5 * scale)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ORACLE_MODES)
 @pytest.mark.parametrize("reduction,weighted", REDUCTIONS)
 @pytest.mark.parametrize("name,implementation", VARIANTS)
 def test_values_and_gradients_equal_keras(rng, name, implementation, reduction, weighted, mode):

@@ -314,12 +314,31 @@ def rounding_tolerance(spec):
     return 8 * eps * ((1 + 4 * spec.gamma) * np.sqrt(spec.d) + np.sqrt(terms))
 
 
-def assert_matches(got, want, spec, check_grads, what):
+def similarity_rounding_floor(spec, inputs):
+    """The absolute gradient error that rounding the similarities alone can cause.
+
+    A pair's slope dl/ds changes by 2 * gamma per unit of similarity, a similarity is off by
+    about sqrt(d) * eps * |x_i| |x_j|, and a row's weights sum to at most its upstream gradient
+    per set (twice with a reference set that is the batch, once per direction). Where the
+    true gradient is no larger than that, it is rounding itself: a unit row's pair with itself
+    has d = 1 - |x|^2, a few ulps that the two implementations round differently, and with
+    every other pair inactive the whole gradient is 2 * gamma * d. The factor 8 is the same
+    headroom as in ``rounding_tolerance``.
+    """
+    ref = inputs.x if inputs.ref is None else inputs.ref
+    norm = max(np.max(np.linalg.norm(rows, axis=1), initial=0.0) for rows in (inputs.x, ref))
+    upstream = np.max(np.abs(inputs.upstream), initial=0.0)
+    eps = EPS[compute_dtype(spec.dtype)]
+    return 8 * 4 * spec.gamma * np.sqrt(spec.d) * eps * norm**3 * upstream
+
+
+def assert_matches(got, want, spec, check_grads, what, grad_floor):
     """``got`` agrees with ``want``, a reference evaluated in the compute dtype.
 
     A float16 or bfloat16 result is the compute-dtype result rounded once, so it may add an
     ulp of its own dtype (``want`` is rounded too), and it is infinite where the exact value
-    is beyond the dtype's range.
+    is beyond the dtype's range. Gradients may also differ by ``grad_floor``
+    (``similarity_rounding_floor``).
     """
     tol = rounding_tolerance(spec)
     own_ulp = 0.0 if spec.dtype == compute_dtype(spec.dtype) else EPS[spec.dtype]
@@ -339,7 +358,7 @@ def assert_matches(got, want, spec, check_grads, what):
             g,
             round_to(w, spec.dtype),
             rtol=own_ulp + tol,
-            atol=tol * scale + underflow(spec),
+            atol=tol * scale + underflow(spec) + grad_floor,
             err_msg=f"{what}: gradient {i}",
         )
 
@@ -371,6 +390,27 @@ def log_events(spec, kink):
 
 @settings(max_examples=budget(1.0))
 @given(spec=circle_specs())
+# Found by the long run: two unit rows of distinct classes, each row's only active pair its
+# pair with itself, whose distance 1 - |x|^2 is rounding; gradients of 1e-9, 23% apart.
+@example(
+    spec=CircleSpec(
+        n=2,
+        d=2,
+        m=None,
+        dtype="float32",
+        embeddings="unit",
+        layout="distinct",
+        classes=2,
+        label_dtypes=("int32", "int32"),
+        column_labels=False,
+        label_offset=0,
+        label_stride=1,
+        gamma=1.0,
+        margin=0.5,
+        remove_diagonal=False,
+        seed=1,
+    )
+)
 def test_fused_matches_composite(spec):
     inputs = build(spec)
     kink = on_clamp_kink(spec, inputs)
@@ -380,7 +420,8 @@ def test_fused_matches_composite(spec):
     assert_finite(fused, reference, spec, "fused")
     if spec.dtype != compute_dtype(spec.dtype):
         assert_finite(evaluate(spec, inputs, "composite"), reference, spec, "composite")
-    assert_matches(fused, reference, spec, check_grads=not kink, what="fused")
+    floor = similarity_rounding_floor(spec, inputs)
+    assert_matches(fused, reference, spec, not kink, "fused", floor)
 
 
 @settings(max_examples=budget(0.25))
@@ -390,6 +431,7 @@ def test_compiled_matches_eager(spec):
     kink = on_clamp_kink(spec, inputs)
     log_events(spec, kink)
     reference = evaluate(spec, inputs, "composite", compute_dtype(spec.dtype))
+    floor = similarity_rounding_floor(spec, inputs)
     for implementation in ("fused", "composite"):
         result = evaluate(spec, inputs, implementation, compiled=True)
         what = f"{implementation} under XLA"
@@ -397,7 +439,7 @@ def test_compiled_matches_eager(spec):
         # The composite path computes float16 and bfloat16 in that precision, as Keras does; at
         # gamma ~ 1000 its softmax weights are then far from float32's.
         if implementation == "fused" or spec.dtype == compute_dtype(spec.dtype):
-            assert_matches(result, reference, spec, check_grads=not kink, what=what)
+            assert_matches(result, reference, spec, not kink, what, floor)
 
 
 @settings(max_examples=budget(0.5))
@@ -459,7 +501,9 @@ def test_self_reference_matches_explicit_reference(spec):
     ulp = 0.0 if spec.dtype == compute_dtype(spec.dtype) else EPS[spec.dtype]
     np.testing.assert_allclose(symmetric[0], loss, rtol=tol + ulp, atol=tol, err_msg="loss")
     if not kink:
-        scale = np.max(np.abs(grad_x), initial=0.0) + np.max(np.abs(grad_ref), initial=0.0)
+        # float16 gradients can overflow to inf, which must then match exactly; the finite
+        # entries set the scale (an inf scale would accept anything).
+        scale = sum(np.max(np.abs(g[np.isfinite(g)]), initial=0.0) for g in (grad_x, grad_ref))
         np.testing.assert_allclose(
             symmetric[1][0],
             grad_x + grad_ref,
