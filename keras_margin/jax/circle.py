@@ -19,22 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from keras_margin.losses.checks import all_finite, nan_where_invalid
-
-# Tile width: a multiple of 128 (a TPU matrix unit's side), the widest that keeps about eight
-# [N, B] temporaries within the budget. CPU caches favour small tiles; accelerators want wide
-# products to keep their matrix units busy (the budgets of the TensorFlow op's HLO lowering).
-_TILE_TEMPORARIES = 8
-_CPU_TILE_BUDGET_BYTES = 16 << 20
-_ACCELERATOR_TILE_BUDGET_BYTES = 256 << 20
-_TILE_QUANTUM, _MIN_TILE, _MAX_TILE = 128, 128, 1024
-
-
-def tile_width(rows, ref_rows, itemsize, platform):
-    """Columns of the reference set per tile, for ``rows`` anchors on ``platform``."""
-    budget = _CPU_TILE_BUDGET_BYTES if platform == "cpu" else _ACCELERATOR_TILE_BUDGET_BYTES
-    fit = budget // (_TILE_TEMPORARIES * itemsize * max(rows, 1))
-    width = min(max(fit // _TILE_QUANTUM * _TILE_QUANTUM, _MIN_TILE), _MAX_TILE)
-    return min(width, _TILE_QUANTUM * math.ceil(max(ref_rows, 1) / _TILE_QUANTUM))
+from keras_margin.losses.circle_tiling import tile_width
 
 
 def _tile_logits(x, ref_tile, gamma, margin):

@@ -106,10 +106,12 @@ def circle(
         margin: Float, the relaxation margin. Defaults to 0.4.
         implementation: `"auto"` (the default) picks the fastest that runs: on TensorFlow the
             fused C++/XLA op when it is built (else the composite `keras.ops` path, with a
-            one-time warning), on JAX the blocked `lax.scan` path from 2048 x 2048 pairs (the
-            composite path below), elsewhere the composite path. `"fused"` requires the
-            op on TensorFlow and the blocked path on JAX, and raises on other backends or if
-            the op is unavailable; `"composite"` always uses the composite path.
+            one-time warning), on JAX the blocked `lax.scan` path from 2048 x 2048 pairs, on
+            PyTorch the blocked `keras_margin::circle_forward` operator from 1024 x 1024 pairs
+            (the composite path below), elsewhere the composite path. `"fused"` requires the
+            op on TensorFlow and the blocked path on JAX and PyTorch, and raises on other
+            backends or if the op is unavailable; `"composite"` always uses the composite
+            path.
         cross_replica: Under a `tf.distribute` strategy with several replicas, and with no
             explicit reference set, whether each replica's anchors are paired with the
             embeddings of all replicas (gathered, with gradients flowing back to their owners),
@@ -193,8 +195,9 @@ class Circle(ClassIdLoss):
             positives down-weighted, above it the reverse. Defaults to 0.4.
         remove_diagonal: Whether to exclude self-similarities from the positives. Defaults to
             `True`.
-        implementation: `"auto"` (the default) uses TensorFlow's fused C++/XLA op or JAX's
-            blocked path where they run and pay, else the composite `keras.ops` path;
+        implementation: `"auto"` (the default) uses TensorFlow's fused C++/XLA op or the
+            blocked path of JAX or PyTorch where they run and pay, else the composite
+            `keras.ops` path;
             `"fused"` requires one of them; `"composite"` never uses them. See
             `keras_margin.losses.circle`.
         cross_replica: Under a `tf.distribute` strategy with several replicas, pair each

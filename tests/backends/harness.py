@@ -12,9 +12,9 @@ import numpy as np
 
 BACKEND = keras.backend.backend()
 MODES = ["eager", "jit"]
-# Circle's implementations that run on this backend; "fused" is TensorFlow's op or JAX's
-# blocked path.
-CIRCLE_IMPLEMENTATIONS = ["composite"] if BACKEND == "torch" else ["composite", "fused"]
+# Circle's implementations that run on this backend; "fused" is TensorFlow's op or the blocked
+# path of JAX or PyTorch.
+CIRCLE_IMPLEMENTATIONS = ["composite", "fused"]
 
 
 def tensor(x):

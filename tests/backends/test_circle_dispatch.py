@@ -8,10 +8,13 @@ from keras_margin.losses.circle_dispatch import (
     JAX_BLOCKED,
     JAX_BLOCKED_MIN_PAIRS,
     TENSORFLOW_OP,
+    TORCH_BLOCKED,
+    TORCH_BLOCKED_MIN_PAIRS,
     choose,
 )
 
 BIG, SMALL = JAX_BLOCKED_MIN_PAIRS, JAX_BLOCKED_MIN_PAIRS - 1
+TORCH_BIG, TORCH_SMALL = TORCH_BLOCKED_MIN_PAIRS, TORCH_BLOCKED_MIN_PAIRS - 1
 
 
 def op_loads():
@@ -33,8 +36,10 @@ TABLE = [
     ("auto", "jax", BIG, op_missing, JAX_BLOCKED),
     ("fused", "jax", SMALL, op_missing, JAX_BLOCKED),
     ("composite", "jax", BIG, op_missing, COMPOSITE),
-    ("auto", "torch", BIG, op_missing, COMPOSITE),
-    ("composite", "torch", BIG, op_missing, COMPOSITE),
+    ("auto", "torch", TORCH_SMALL, op_missing, COMPOSITE),
+    ("auto", "torch", TORCH_BIG, op_missing, TORCH_BLOCKED),
+    ("fused", "torch", TORCH_SMALL, op_missing, TORCH_BLOCKED),
+    ("composite", "torch", TORCH_BIG, op_missing, COMPOSITE),
     ("auto", "numpy", BIG, op_missing, COMPOSITE),
 ]
 
@@ -46,8 +51,8 @@ def test_choice(implementation, backend, pairs, op, chosen):
 
 
 def test_fused_raises_where_nothing_fused_runs():
-    with pytest.raises(RuntimeError, match="needs the TensorFlow or JAX backend.*'torch'"):
-        choose("fused", "torch", BIG, op_missing)
+    with pytest.raises(RuntimeError, match="needs the TensorFlow, JAX or PyTorch backend.*'numpy'"):
+        choose("fused", "numpy", BIG, op_missing)
     with pytest.raises(RuntimeError, match="needs the compiled op, which is unavailable: no lib"):
         choose("fused", "tensorflow", BIG, op_missing)
 

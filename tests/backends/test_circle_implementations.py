@@ -1,9 +1,10 @@
 """One contract for every Circle implementation on the active backend, against the composite
 path: values, gradients, reference sets, degenerate layouts, low precision, NaN rows.
 
-On TensorFlow the other implementation is the fused op, on JAX the blocked ``lax.scan`` path
-(several tiles and a padded last tile at these sizes: tiles are 128 columns or more); PyTorch
-has only the composite path, which ``test_keras_oracle`` checks against Keras.
+On TensorFlow the other implementation is the fused op, on JAX the blocked ``lax.scan`` path,
+on PyTorch the blocked ``keras_margin::circle_forward`` operator (several tiles and a padded,
+or on PyTorch narrower, last tile at these sizes: tiles are 128 columns or more). The composite
+path itself is checked against Keras by ``test_keras_oracle``.
 """
 
 import numpy as np
@@ -56,7 +57,11 @@ def loss_of(implementation, layout):
 
 
 def test_fused_is_the_backends_own_implementation():
-    own = {"tensorflow": "keras_margin.ops.circle", "jax": "keras_margin.jax.circle"}
+    own = {
+        "tensorflow": "keras_margin.ops.circle",
+        "jax": "keras_margin.jax.circle",
+        "torch": "keras_margin.torch.circle",
+    }
     if BACKEND not in own:
         with pytest.raises(RuntimeError, match=f"the active Keras backend is '{BACKEND}'"):
             circle_loss_function("fused", 300, 300)
